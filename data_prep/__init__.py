@@ -1,0 +1,1 @@
+"""Preparation of paired MR/CT training data: registration, body masks, normalization, slices."""

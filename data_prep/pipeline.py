@@ -1,0 +1,240 @@
+"""``medtrans prepare``: raw patient folders -> a registration-aligned, normalized paired dataset.
+
+Per case: read, register CT to MR, resample, body mask, normalize (the shared functions of
+:mod:`medtrans.intensity`), cut slices, and write ``PREP/<case>/`` atomically; ``record.json`` is written
+last and marks the case complete. ``PREP/manifest.json`` gathers every record, the resolved config and
+the patient-level split. A case whose inputs and config are unchanged is skipped on rerun.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+import medtrans
+from data_prep.masks import body_mask, dice
+from data_prep.registration import BODY_HU, register_ct_to_mr, resample_ct
+from data_prep.slices import extract_slices
+from medtrans.cohort import Case, discover
+from medtrans.config import Config
+from medtrans.errors import InputError, MedtransError
+from medtrans.fsutil import atomic_path, sha256_of, write_json
+from medtrans.geometry import geometry_of, same_grid
+from medtrans.intensity import MRNormalization, mr_foreground, normalize_ct, normalize_mr
+from medtrans.io import read_volume, write_volume
+
+SLICE_FILES = ("mr_slices.npy", "ct_slices.npy", "mask_slices.npy")
+
+
+def mr_spec(cfg: Config) -> MRNormalization:
+    """The MR normalization a config asks for (shared with the model bundle)."""
+    return MRNormalization(method=cfg.prepare.mr_norm, percentile=cfg.prepare.mr_percentile, n4=cfg.prepare.n4)
+
+
+def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
+    hashes = {role: sha256_of(src.path if src.series_uid is None else src.path)
+              for role in ("mr", "ct", "mask") if (src := getattr(case, role)) is not None}
+    blob = json.dumps({"inputs": hashes, "prepare": cfg.to_dict()["prepare"], "version": medtrans.__version__},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest(), hashes
+
+
+def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
+    """Prepare one case into ``out_dir`` and return its record (raises on any problem)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if case.errors:
+        raise InputError("; ".join(case.errors), path=case.folder)
+    if case.ct is None:
+        raise InputError("has an MR but no CT; a training pair needs both", path=case.folder)
+    mr_vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
+    ct_vol = read_volume(case.ct.path, series_uid=case.ct.series_uid, modality="CT")
+    mr, ct = mr_vol.image, ct_vol.image
+    timings["read"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    reg = register_ct_to_mr(mr, ct, cfg.prepare)
+    ct_reg = resample_ct(ct, mr, reg.transform)
+    timings["register"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    provided_mask = None
+    if case.mask is not None:
+        m = read_volume(case.mask.path, series_uid=case.mask.series_uid).image
+        if same_grid(m, mr, tolerance=1e-3):
+            provided_mask = sitk.Cast(m > 0, sitk.sitkUInt8)
+            provided_mask.CopyInformation(mr)
+            if not sitk.GetArrayViewFromImage(provided_mask).any():
+                raise InputError("the mask is empty (no voxel above 0)", path=case.mask.path)
+    mask = provided_mask if provided_mask is not None else body_mask(mr, ct_reg)
+    mask_arr = sitk.GetArrayViewFromImage(mask).astype(bool)
+    if not mask_arr.any():
+        raise InputError("the body mask came out empty; is the MR blank?", path=case.mr.path)
+    ct_arr = sitk.GetArrayFromImage(ct_reg).astype(np.float32)
+    overlap = dice(ct_arr > BODY_HU, mr_foreground(sitk.GetArrayFromImage(mr).astype(np.float32)))
+    spec = mr_spec(cfg)
+    mr_norm, mr_stats = normalize_mr(mr, spec)
+    ct_norm = sitk.GetImageFromArray(normalize_ct(ct_arr))
+    ct_norm.CopyInformation(mr)
+    stack = extract_slices(mr_norm, ct_norm, mask, size=tuple(cfg.prepare.slice_size),
+                           mr_background=mr_stats["background"])
+    keep = np.where(stack.body_fraction >= cfg.prepare.min_body_fraction)[0]
+    if keep.size == 0:
+        raise InputError(f"no slice has at least {cfg.prepare.min_body_fraction:.0%} body", path=case.folder)
+    timings["mask_normalize_slice"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_volume(mr, out_dir / "mr.nii.gz")
+    write_volume(ct_reg, out_dir / "ct_registered.nii.gz")
+    write_volume(mask, out_dir / "mask.nii.gz")
+    with atomic_path(out_dir / "ct_to_mr.tfm") as tmp:
+        sitk.WriteTransform(reg.transform, str(tmp))
+    for name, arr in zip(SLICE_FILES, (stack.mr, stack.ct, stack.mask), strict=True):
+        with atomic_path(out_dir / name) as tmp:
+            np.save(tmp, arr)
+    timings["write"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    poor = overlap < cfg.prepare.qa_min_dice or reg.metric_after > reg.metric_before + 1e-6
+    return {
+        "case": case.name,
+        "status": "ok",
+        "inputs": {role: getattr(case, role).describe() for role in ("mr", "ct", "mask") if getattr(case, role)},
+        "mr_geometry": geometry_of(mr),
+        "ct_geometry": geometry_of(ct),
+        "normalization": {"mr": {**spec.to_dict(), **mr_stats}, "ct": {"range": [-1024.0, 3000.0]}},
+        "transform": {"file": "ct_to_mr.tfm", "type": reg.transform.GetName(),
+                      "parameters": list(reg.transform.GetParameters())
+                      if reg.transform.GetName() != "CompositeTransform" else None},
+        "qa": {"metric_before": reg.metric_before, "metric_after": reg.metric_after, "stages": reg.stages,
+               "body_dice_ct_vs_mr": overlap, "mask_source": "provided" if provided_mask is not None else "computed",
+               "flag_poor_registration": bool(poor)},
+        "slices": {"files": list(SLICE_FILES), "shape": list(stack.mr.shape), "window": list(stack.window),
+                   "keep": keep.tolist()},
+        "timings_s": timings,
+    }
+
+
+def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
+    case, out, cfg_dict, threads = args
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    from medtrans.config import load_config
+
+    cfg = load_config(None, base=cfg_dict)
+    return run_case(case, Path(out), cfg)
+
+
+def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
+    """Prepare one case unless an identical earlier run finished it; never raises for input problems."""
+    case_dir = out / case.name
+    record_file = case_dir / "record.json"
+    try:
+        key, hashes = _case_key(case, cfg)
+    except OSError as exc:
+        return {"case": case.name, "status": "failed", "error": f"cannot read inputs: {exc}"}
+    if record_file.exists():
+        try:
+            old = json.loads(record_file.read_text())
+            if old.get("key") == key and all((case_dir / f).exists() for f in SLICE_FILES):
+                return {**old, "skipped": True}
+        except (json.JSONDecodeError, OSError):
+            pass
+    try:
+        rec = prepare_case(case, case_dir, cfg)
+    except MedtransError as exc:
+        return {"case": case.name, "status": "failed", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one bad case must not stop the cohort
+        return {"case": case.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5)}
+    rec["key"] = key
+    rec["input_sha256"] = hashes
+    write_json(record_file, rec)  # written last: its presence marks the case complete
+    return rec
+
+
+def patient_split(names: list[str], fractions: list[float], seed: int) -> dict[str, str]:
+    """Deterministic patient-level split: order by a seeded hash of the name, then cut by fractions."""
+    order = sorted(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
+    n = len(order)
+    n_val = round(n * fractions[1])
+    n_test = round(n * fractions[2])
+    if n >= 3:
+        n_val = max(n_val, 1)
+    while n - n_val - n_test < 1 and (n_val or n_test):
+        if n_test >= n_val and n_test:
+            n_test -= 1
+        else:
+            n_val -= 1
+    split = {}
+    for i, name in enumerate(order):
+        split[name] = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+    return split
+
+
+def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, workers: int = 1,
+                   progress: bool = True) -> dict[str, Any]:
+    """Prepare every case under ``input_path`` into ``out`` and write ``out/manifest.json``.
+
+    Returns:
+        The manifest (``cases``: one record per case, ``failed`` listing the failures).
+    """
+    out = Path(out)
+    cases = discover(input_path)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_dict = cfg.to_dict()
+    workers = max(1, min(workers, len(cases)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    records: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=len(cases), desc="prepare", unit="case", disable=not progress)
+    if workers == 1:
+        for case in cases:
+            records[case.name] = run_case(case, out, cfg)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_worker, (c, str(out), cfg_dict, threads)): c for c in cases}
+            for fut in as_completed(futures):
+                rec = fut.result()
+                records[rec["case"]] = rec
+                bar.update()
+    bar.close()
+    ok = sorted(n for n, r in records.items() if r["status"] == "ok")
+    split = patient_split(ok, cfg.prepare.split, cfg.prepare.split_seed)
+    for name, r in records.items():
+        r["split"] = split.get(name)
+    manifest = {
+        "software": {"medtrans": medtrans.__version__, "simpleitk": sitk.Version_VersionString(),
+                     "numpy": np.__version__},
+        "input": str(Path(input_path).resolve()),
+        "config": cfg_dict,
+        "split": {s: [n for n in ok if split[n] == s] for s in ("train", "val", "test")},
+        "cases": [records[c.name] for c in cases],
+        "failed": [{"case": n, "error": r["error"]} for n, r in records.items() if r["status"] != "ok"],
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def summary_table(manifest: dict[str, Any]) -> str:
+    """A plain-text table of the cases: status, split, registration QA and time."""
+    rows = [f"{'case':<24} {'status':<8} {'split':<6} {'dice':>6} {'flag':>5} {'time s':>7}  note"]
+    for r in manifest["cases"]:
+        if r["status"] == "ok":
+            qa = r["qa"]
+            rows.append(f"{r['case']:<24} {'skipped' if r.get('skipped') else 'ok':<8} {r.get('split') or '-':<6} "
+                        f"{qa['body_dice_ct_vs_mr']:>6.3f} {'POOR' if qa['flag_poor_registration'] else '':>5} "
+                        f"{r['timings_s']['total']:>7.1f}")
+        else:
+            rows.append(f"{r['case']:<24} {'FAILED':<8} {'-':<6} {'':>6} {'':>5} {'':>7}  {r['error']}")
+    return "\n".join(rows)

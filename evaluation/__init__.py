@@ -1,0 +1,1 @@
+"""Evaluation of synthetic CT: SynthRAD metrics, tissue metrics, statistics and HTML reports."""

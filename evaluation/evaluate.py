@@ -1,0 +1,146 @@
+"""``medtrans evaluate``: pair sCT outputs with reference CTs and masks, score, summarize, report."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from evaluation.metrics import PROTOCOLS, compute_metrics
+from medtrans.errors import GeometryError, InputError, MedtransError
+from medtrans.fsutil import atomic_path, sanitize_name, write_json
+from medtrans.geometry import require_same_grid
+from medtrans.io import VOLUME_SUFFIXES, read_volume
+
+CT_NAMES = ("ct", "ct_registered")
+
+
+def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
+    for stem in stems:
+        for suffix in VOLUME_SUFFIXES:
+            p = folder / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+    return None
+
+
+def pair_cases(pred: Path, ref: Path) -> list[dict[str, Any]]:
+    """One entry per reference case: its CT, mask, MR (for figures) and prediction (None if missing)."""
+    if not ref.is_dir():
+        raise InputError("reference cohort folder does not exist", path=ref)
+    pairs = []
+    for d in sorted(p for p in ref.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        ct = _find(d, CT_NAMES)
+        if ct is None:
+            continue
+        pairs.append({"case": sanitize_name(d.name), "ct": ct, "mask": _find(d, ("mask",)), "mr": _find(d, ("mr",)),
+                      "sct": _find(pred / sanitize_name(d.name), ("sct",))})
+    if not pairs:
+        raise InputError("holds no case folders with a ct (or ct_registered) image", path=ref)
+    return pairs
+
+
+def load_pair(pair: dict[str, Any], *, resample: bool) -> dict[str, Any]:
+    """Read CT, sCT and mask as arrays on the CT grid (raising on geometry, mask or NaN problems)."""
+    ct = read_volume(pair["ct"]).image
+    try:
+        sct = read_volume(pair["sct"]).image
+    except InputError as exc:
+        raise InputError(f"sCT unusable: {exc}") from None
+    if pair["mask"] is None:
+        raise InputError("no mask file beside the reference CT", path=pair["ct"].parent)
+    mask = read_volume(pair["mask"]).image
+    if resample:
+        sct = sitk.Resample(sct, ct, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+        mask = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
+    require_same_grid(sct, ct, what_a=f"sCT {pair['sct']}", what_b=f"CT {pair['ct']}")
+    require_same_grid(mask, ct, what_a=f"mask {pair['mask']}", what_b=f"CT {pair['ct']}")
+    m = sitk.GetArrayFromImage(mask) > 0
+    if not m.any():
+        raise InputError("the mask is empty", path=pair["mask"])
+    out = {"ct": sitk.GetArrayFromImage(ct).astype(np.float32), "sct": sitk.GetArrayFromImage(sct).astype(np.float32),
+           "mask": m, "spacing": ct.GetSpacing()}
+    if pair["mr"] is not None:
+        mr = read_volume(pair["mr"]).image
+        if resample or mr.GetSize() == ct.GetSize():
+            mr = sitk.Resample(mr, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            out["mr"] = sitk.GetArrayFromImage(mr)
+    return out
+
+
+def bootstrap_ci(values: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean."""
+    if values.size < 2:
+        return (float(values.mean()), float(values.mean())) if values.size else (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (n, values.size))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, Any]:
+    """n, mean, std, median, IQR, min, max and a 95% bootstrap CI per metric (finite values only)."""
+    summary: dict[str, Any] = {}
+    for col in columns:
+        v = np.array([r[col] for r in rows if r.get(col) is not None and np.isfinite(r[col])], np.float64)
+        if v.size == 0:
+            summary[col] = {"n": 0}
+            continue
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        lo, hi = bootstrap_ci(v)
+        summary[col] = {"n": int(v.size), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+                        "median": float(med), "iqr": [float(q1), float(q3)], "min": float(v.min()),
+                        "max": float(v.max()), "ci95": [lo, hi]}
+    return summary
+
+
+def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
+             resample: bool = False, report: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Score every reference case; write metrics.csv, summary.json and report.html into ``out``."""
+    if protocol not in PROTOCOLS:
+        raise MedtransError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+    pred, ref, out = Path(pred), Path(ref), Path(out)
+    pairs = pair_cases(pred, ref)
+    ssim_col = "ssim" if PROTOCOLS[protocol].ssim == "ssim" else "ms_ssim"
+    columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone"]
+    rows, problems, figures_data = [], [], {}
+    for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
+        if pair["sct"] is None:
+            problems.append({"case": pair["case"], "problem": "no sCT found in the predictions folder"})
+            continue
+        try:
+            data = load_pair(pair, resample=resample)
+            if np.isnan(data["sct"]).any():
+                raise InputError("sCT contains NaN voxels", path=pair["sct"])
+            metrics = compute_metrics(data["ct"], data["sct"], data["mask"], protocol=protocol)
+        except (MedtransError, GeometryError, ValueError) as exc:
+            problems.append({"case": pair["case"], "problem": str(exc)})
+            continue
+        rows.append({"case": pair["case"], **metrics})
+        figures_data[pair["case"]] = data
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["case", *columns])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in ["case", *columns]})
+    summary = {"protocol": protocol, "n_cases": len(pairs), "n_evaluated": len(rows), "metrics": summarize(rows, columns),
+               "problems": problems}
+    write_json(out / "summary.json", summary)
+    if report:
+        from evaluation.report import write_report
+
+        write_report(out / "report.html", rows=rows, summary=summary, columns=columns, data=figures_data)
+    return summary
+
+
+def one_line(summary: dict[str, Any]) -> str:
+    """``MAE x HU | PSNR y dB | SSIM z`` from a summary."""
+    m = summary["metrics"]
+    ssim_key = "ssim" if "ssim" in m else "ms_ssim"
+    get = lambda k: m.get(k, {}).get("mean", float("nan"))  # noqa: E731
+    return f"MAE {get('mae'):.1f} HU | PSNR {get('psnr'):.2f} dB | {ssim_key.upper()} {get(ssim_key):.3f}"
+

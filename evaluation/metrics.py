@@ -1,0 +1,169 @@
+"""SynthRAD-exact image metrics on volumes, computed fast.
+
+Definitions (see ``docs/metrics.md`` for citations):
+
+``synthrad2023`` (Thummerer et al., SynthRAD2023, Med. Phys. 2023; challenge evaluation code):
+    MAE over mask voxels, no clipping. PSNR with both volumes clipped to [-1024, 3000] HU over mask voxels,
+    data range 4024. SSIM on the clipped volumes with outside-mask voxels set to -1024 and everything
+    shifted by +1024; 7x7x7 uniform window, K1 0.01, K2 0.03, sample covariance (scikit-image
+    defaults); the mean of the SSIM map over mask voxels after cropping 3 voxels at every border.
+
+``synthrad2025``: range [-1024, 3071] (data range 4095); outside-mask voxels set to -1024 in both volumes
+    before every metric; MS-SSIM over 5 scales (weights 0.0448, 0.2856, 0.3001, 0.2363, 0.1333),
+    2x2x2 mean downsampling, edge padding to at least 97 voxels per axis, masked means with a crop of 3,
+    per-scale values clipped to [0, 1]; contrast-structure at the four finer scales, full SSIM at the
+    coarsest (Wang et al. 2003), product of the weighted powers.
+
+Speed: SSIM is computed only inside the mask's bounding box plus the 3-voxel window radius, in float64
+(float32 loses ~1e-4 relative accuracy in the variances at HU scale), with the five box filters run on
+separate threads. Values equal :mod:`evaluation.reference` to ~1e-12.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import uniform_filter
+
+WIN = 7
+PAD = 3  # crop at every border, as skimage's mean of the SSIM map
+MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    hu_range: tuple[float, float]
+    mask_before_all: bool
+    ssim: str  # "ssim" | "ms_ssim"
+
+    @property
+    def data_range(self) -> float:
+        return self.hu_range[1] - self.hu_range[0]
+
+
+PROTOCOLS = {
+    "synthrad2023": Protocol("synthrad2023", (-1024.0, 3000.0), False, "ssim"),
+    "synthrad2025": Protocol("synthrad2025", (-1024.0, 3071.0), True, "ms_ssim"),
+}
+TISSUES = {"air": (-np.inf, -200.0), "soft": (-200.0, 200.0), "bone": (200.0, np.inf)}
+
+
+def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    idx = np.nonzero(mask)
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, n))
+                 for i, n in zip(idx, mask.shape, strict=True))
+
+
+def _filters(x: np.ndarray, y: np.ndarray, workers: int) -> list[np.ndarray]:
+    jobs = [x, y, x * x, y * y, x * y]
+    if workers <= 1:
+        return [uniform_filter(j, size=WIN) for j in jobs]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # scipy releases the GIL in ndimage filters
+        return list(pool.map(lambda j: uniform_filter(j, size=WIN), jobs))
+
+
+def ssim_maps(x: np.ndarray, y: np.ndarray, data_range: float, *, workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM and contrast-structure maps with scikit-image's default constants and sample covariance."""
+    ux, uy, uxx, uyy, uxy = _filters(x, y, workers)
+    cov_norm = WIN**3 / (WIN**3 - 1.0)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    cs = (2 * vxy + c2) / (vx + vy + c2)
+    ssim = ((2 * ux * uy + c1) / (ux**2 + uy**2 + c1)) * cs
+    return ssim, cs
+
+
+def _interior(mask: np.ndarray) -> np.ndarray:
+    inner = np.zeros_like(mask, dtype=bool)
+    core = tuple(slice(PAD, n - PAD) for n in mask.shape)
+    inner[core] = mask[core]
+    return inner
+
+
+def masked_ssim(gt_shifted: np.ndarray, pred_shifted: np.ndarray, mask: np.ndarray, data_range: float,
+                *, workers: int = 2, which: str = "ssim") -> float:
+    """Mean of the SSIM (or CS) map over mask voxels at least 3 voxels from every border.
+
+    Only the mask's bounding box plus the window radius is filtered: outside it the map is never read.
+    """
+    inner = _interior(mask)
+    if not inner.any():
+        return float("nan")
+    box = _bbox(inner, WIN // 2)
+    x = gt_shifted[box].astype(np.float64)
+    y = pred_shifted[box].astype(np.float64)
+    ssim, cs = ssim_maps(x, y, data_range, workers=workers)
+    chosen = ssim if which == "ssim" else cs
+    return float(chosen[inner[box]].mean(dtype=np.float64))
+
+
+def _downsample(a: np.ndarray) -> np.ndarray:
+    s = tuple(n - n % 2 for n in a.shape)
+    a = a[: s[0], : s[1], : s[2]]
+    return a.reshape(s[0] // 2, 2, s[1] // 2, 2, s[2] // 2, 2).mean(axis=(1, 3, 5))
+
+
+def ms_ssim(gt_shifted: np.ndarray, pred_shifted: np.ndarray, mask: np.ndarray, data_range: float,
+            *, workers: int = 2) -> float:
+    """Masked 3D MS-SSIM (SynthRAD2025 definition, see the module docstring)."""
+    pad = [(0, max(0, 97 - n)) for n in gt_shifted.shape]
+    x = np.pad(gt_shifted.astype(np.float64), pad, mode="edge")
+    y = np.pad(pred_shifted.astype(np.float64), pad, mode="edge")
+    m = np.pad(mask.astype(np.float64), pad, mode="edge")
+    values = []
+    for level in range(len(MS_WEIGHTS)):
+        which = "ssim" if level == len(MS_WEIGHTS) - 1 else "cs"
+        mb = m > 0.5
+        v = masked_ssim(x, y, mb, data_range, workers=workers, which=which) if mb.any() else float("nan")
+        values.append(float(np.clip(v, 0.0, 1.0)))
+        if level < len(MS_WEIGHTS) - 1:
+            x, y, m = _downsample(x), _downsample(y), _downsample(m)
+    return float(np.prod([v**w for v, w in zip(values, MS_WEIGHTS, strict=True)]))
+
+
+def compute_metrics(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, protocol: str = "synthrad2023",
+                    workers: int = 2) -> dict[str, float]:
+    """All metrics of one case: ``mae, psnr, ssim`` (or ``ms_ssim``), ``me``, ``mae_air/soft/bone``.
+
+    Args:
+        gt: reference CT in HU.
+        pred: synthetic CT in HU, same shape.
+        mask: body mask (> 0 inside), same shape.
+        protocol: ``synthrad2023`` or ``synthrad2025``.
+        workers: threads for the SSIM filters.
+    """
+    p = PROTOCOLS[protocol]
+    if gt.shape != pred.shape or gt.shape != mask.shape:
+        raise ValueError(f"shape mismatch: ct {gt.shape}, sct {pred.shape}, mask {mask.shape}")
+    m = mask > 0
+    if not m.any():
+        raise ValueError("the mask is empty")
+    lo, hi = p.hu_range
+    g = gt.astype(np.float64)
+    s = pred.astype(np.float64)
+    if p.mask_before_all:
+        g = np.where(m, np.clip(g, lo, hi), lo)
+        s = np.where(m, np.clip(s, lo, hi), lo)
+    gm, sm = g[m], s[m]
+    err = sm - gm
+    out: dict[str, float] = {"mae": float(np.abs(err).mean())}
+    gc, sc = np.clip(gm, lo, hi), np.clip(sm, lo, hi)
+    mse = float(np.mean((gc - sc) ** 2))
+    out["psnr"] = float("inf") if mse == 0 else float(10 * np.log10(p.data_range**2 / mse))
+    gs = np.where(m, np.clip(g, lo, hi), lo) - lo
+    ss = np.where(m, np.clip(s, lo, hi), lo) - lo
+    if p.ssim == "ssim":
+        out["ssim"] = masked_ssim(gs, ss, m, p.data_range, workers=workers)
+    else:
+        out["ms_ssim"] = ms_ssim(gs, ss, m, p.data_range, workers=workers)
+    out["me"] = float(err.mean())
+    for name, (a, b) in TISSUES.items():
+        sel = (gm >= a) & (gm < b) if name != "bone" else gm > a
+        out[f"mae_{name}"] = float(np.abs(err[sel]).mean()) if sel.any() else float("nan")
+    return out

@@ -1,0 +1,3 @@
+from medtrans.cli import main
+
+main()

@@ -1,0 +1,121 @@
+"""Discovering cases in a folder: SynthRAD layout, generic volume files, DICOM series.
+
+A *case* is one patient folder holding an MR (``mr.nii.gz``/``mr.mha``/``mr.nrrd``/``mr/`` DICOM, or DICOM
+series anywhere below it told apart by Modality), optionally a CT and a mask. A *cohort* is a folder of
+case folders. Case names come from folder names, sanitized before they become paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medtrans.errors import DicomSeriesError, InputError
+from medtrans.fsutil import sanitize_name
+from medtrans.io import VOLUME_SUFFIXES, scan_dicom
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one image of a case lives: a file, or a folder plus the DICOM series to read there."""
+
+    path: Path
+    series_uid: str | None = None
+
+    def describe(self) -> str:
+        return str(self.path) + (" (DICOM series)" if self.series_uid else "")
+
+
+@dataclass
+class Case:
+    """One patient: its sources, and an error if discovery already found it unusable."""
+
+    name: str
+    folder: Path
+    mr: Source | None = None
+    ct: Source | None = None
+    mask: Source | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def _role_file(folder: Path, role: str) -> Path | None:
+    for suffix in VOLUME_SUFFIXES:
+        p = folder / f"{role}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _looks_like_case(folder: Path) -> bool:
+    if any(_role_file(folder, r) for r in ("mr", "ct")) or (folder / "mr").is_dir() or (folder / "ct").is_dir():
+        return True
+    return bool(scan_dicom(folder, recursive=True))
+
+
+def _dicom_sources(folder: Path, case: Case) -> None:
+    series = scan_dicom(folder, recursive=True)
+    for role, modality in (("mr", "MR"), ("ct", "CT")):
+        if getattr(case, role) is not None:
+            continue
+        found = [s for s in series.values() if s.modality.upper() == modality]
+        if len(found) > 1:
+            listing = "; ".join(s.summary() for s in found)
+            case.errors.append(f"{len(found)} {modality} series under {folder}; keep one per case: {listing}")
+        elif found:
+            parents = {f.parent for f in found[0].files}
+            if len(parents) > 1:
+                case.errors.append(f"the {modality} series under {folder} is spread over {len(parents)} folders")
+            else:
+                setattr(case, role, Source(parents.pop(), found[0].series_uid))
+
+
+def case_from_folder(folder: Path) -> Case:
+    """Read one case folder (SynthRAD names first, then DICOM series by modality)."""
+    case = Case(name=sanitize_name(folder.name), folder=folder)
+    for role in ("mr", "ct", "mask"):
+        f = _role_file(folder, role)
+        if f is not None:
+            setattr(case, role, Source(f))
+    if case.mr is None or case.ct is None:
+        _dicom_sources(folder, case)
+    if case.mr is None and not case.errors:
+        case.errors.append(f"no MR found in {folder} (expected mr.nii.gz, mr.mha, mr.nrrd or an MR DICOM series)")
+    return case
+
+
+def discover(path: str | Path) -> list[Case]:
+    """Find the cases under ``path``: a single MR file, a DICOM series folder, a case folder or a cohort.
+
+    Raises:
+        InputError: the path does not exist or holds no case at all.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("does not exist", path=path)
+    if path.is_file():
+        stem = path.name
+        for suffix in VOLUME_SUFFIXES:
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+        return [Case(name=sanitize_name(stem), folder=path.parent, mr=Source(path))]
+    direct = scan_dicom(path)
+    if direct:  # a DICOM series folder itself
+        case = Case(name=sanitize_name(path.name), folder=path)
+        _dicom_sources(path, case)
+        if case.mr is None and not case.errors:
+            raise DicomSeriesError("holds DICOM but no MR series", path=path)
+        return [case]
+    if _role_file(path, "mr") or _role_file(path, "ct") or (path / "mr").is_dir():
+        return [case_from_folder(path)]
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
+    cases = [case_from_folder(d) for d in subdirs if _looks_like_case(d)]
+    if not cases:
+        raise InputError("holds no cases (no case folders with mr/ct images or DICOM series)", path=path)
+    names = [c.name for c in cases]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        for c in cases:
+            if c.name in dupes:
+                c.name = sanitize_name(f"{c.name}_{hashlib.sha1(c.folder.name.encode()).hexdigest()[:6]}")
+    return cases

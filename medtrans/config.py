@@ -1,0 +1,201 @@
+"""Typed configuration: dataclass defaults, YAML files and ``--set section.key=value`` overrides.
+
+The dataclass defaults are the single source of truth; ``configs/default.yaml`` is their dump (a test
+keeps the two equal) and other files under ``configs/`` override a subset.
+
+Example:
+    >>> cfg = load_config(None, overrides=["train.batch_size=4", "model.context_slices=3"])
+    >>> cfg.train.batch_size, cfg.model.context_slices
+    (4, 3)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtrans.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class PrepareConfig:
+    """How raw cases become a paired, normalized slice dataset."""
+
+    registration: str = "rigid"  #: rigid | affine | rigid+bspline | none (inputs already aligned)
+    registration_sampling: float = 0.2  #: fraction of fixed-image voxels sampled by Mattes MI
+    registration_iterations: int = 200  #: optimizer iterations per resolution level
+    registration_shrink: list[int] = field(default_factory=lambda: [4, 2, 1])  #: multi-resolution pyramid
+    registration_seed: int = 42  #: sampling seed, so that preparation is deterministic
+    bspline_mesh: int = 4  #: control-point mesh size per axis of the optional B-spline stage
+    n4: bool = False  #: N4 bias-field correction of the MR before normalization (slower)
+    mr_norm: str = "percentile"  #: percentile (0 -> -1, high percentile -> 1) | zscore
+    mr_percentile: float = 99.5  #: upper percentile of the MR foreground mapped to 1
+    slice_size: list[int] = field(default_factory=lambda: [256, 256])  #: in-plane size [rows, cols] kept
+    min_body_fraction: float = 0.05  #: slices with less body than this fraction are not used for training
+    split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  #: train/val/test, by patient
+    split_seed: int = 0  #: seed of the patient-level split
+    qa_min_dice: float = 0.85  #: QA flags a case whose CT-body vs MR-foreground Dice is below this
+
+
+@dataclass
+class ModelConfig:
+    """Generator (MONAI UNet + plain head) and discriminator (MONAI PatchDiscriminator)."""
+
+    context_slices: int = 3  #: MR slices given as channels (1 = 2D, 3/5 = 2.5D), odd
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  #: UNet features per level
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])  #: UNet down-sampling strides
+    num_res_units: int = 2  #: residual units per UNet block
+    norm: str = "instance"  #: instance | batch
+    head_features: int = 16  #: UNet output features fed to the 1x1 convolution head
+    disc_channels: int = 64  #: PatchDiscriminator base features
+    disc_layers: int = 3  #: PatchDiscriminator layers (3 gives a 70x70 receptive field)
+
+
+@dataclass
+class TrainConfig:
+    """Optimization, losses and run bookkeeping."""
+
+    batch_size: int = 16
+    crop_size: int = 96  #: random square crops (pixels); must be divisible by the UNet's total stride
+    lr: float = 2e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    max_steps: int = 3000
+    decay_from: float = 0.5  #: fraction of max_steps after which the learning rate decays linearly to 0
+    l1_weight: float = 100.0  #: lambda of the L1 term
+    gan_weight: float = 1.0  #: weight of the adversarial term; 0 trains a pure regression UNet
+    gan_loss: str = "least_squares"  #: least_squares | bce | hinge
+    masked_l1: bool = True  #: L1 only inside the body mask
+    flip: bool = True  #: random left-right flips
+    val_every: int = 250  #: steps between validations on whole validation volumes
+    checkpoint_every: int = 250  #: steps between checkpoints (also written at the end)
+    amp: bool = True  #: bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  #: channels_last memory format on CUDA
+    compile: bool = False  #: torch.compile the generator and discriminator
+    threads: int = 0  #: CPU threads (0 = all cores)
+
+
+@dataclass
+class InferenceConfig:
+    """Whole-volume inference, shared by convert and validation."""
+
+    batch_size: int = 32  #: slices per forward pass
+    tta_flip: bool = False  #: average with the left-right flipped prediction
+
+
+@dataclass
+class Config:
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path as given, or a bare name looked up as ``configs/<name>.yaml``."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    named = CONFIG_DIR / f"{name_or_path}.yaml"
+    if named.exists():
+        return named
+    raise ConfigError(f"config '{name_or_path}' not found (neither a file nor {named})")
+
+
+def load_config(path: str | Path | None, *, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Build a :class:`Config` from defaults, then ``base``, then a YAML file, then ``key=value`` overrides."""
+    cfg = Config()
+    if base:
+        _apply(cfg, base, origin="saved config")
+    if path is not None:
+        p = resolve_config_path(path)
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"is not valid YAML: {exc}", path=p) from None
+        if not isinstance(data, dict):
+            raise ConfigError("must be a mapping of sections", path=p)
+        _apply(cfg, data, origin=str(p))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        if "." not in key:
+            raise ConfigError(f"override '{item}' must name a section, e.g. train.batch_size=8")
+        section, name = key.split(".", 1)
+        _apply(cfg, {section: {name: yaml.safe_load(raw)}}, origin=f"--set {item}")
+    validate(cfg)
+    return cfg
+
+
+def _apply(cfg: Config, data: dict[str, Any], *, origin: str) -> None:
+    for section, values in data.items():
+        if not hasattr(cfg, section) or section.startswith("_"):
+            raise ConfigError(f"{origin}: unknown config section '{section}'")
+        target = getattr(cfg, section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section '{section}' must be a mapping")
+        known = {f.name: f for f in dataclasses.fields(target)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown key '{section}.{key}' (known: {', '.join(known)})")
+            current = getattr(target, key)
+            setattr(target, key, _coerce(value, current, f"{origin}: {section}.{key}"))
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        if isinstance(current, int) and not float(value).is_integer():
+            raise ConfigError(f"{where} must be an integer, not {value!r}")
+        return type(current)(value)
+    if isinstance(current, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, not {value!r}")
+        return list(value)
+    if isinstance(current, str) and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")
+    return value
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that dataclass types cannot express."""
+    choices = {
+        ("prepare", "registration"): ("rigid", "affine", "rigid+bspline", "none"),
+        ("prepare", "mr_norm"): ("percentile", "zscore"),
+        ("model", "norm"): ("instance", "batch"),
+        ("train", "gan_loss"): ("least_squares", "bce", "hinge"),
+    }
+    for (section, key), allowed in choices.items():
+        if getattr(getattr(cfg, section), key) not in allowed:
+            raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}")
+    if cfg.model.context_slices < 1 or cfg.model.context_slices % 2 == 0:
+        raise ConfigError("model.context_slices must be a positive odd number")
+    if len(cfg.model.strides) != len(cfg.model.channels) - 1:
+        raise ConfigError("model.strides needs one entry fewer than model.channels")
+    total_stride = 1
+    for s in cfg.model.strides:
+        total_stride *= s
+    if cfg.train.crop_size % total_stride:
+        raise ConfigError(f"train.crop_size must be divisible by the UNet's total stride {total_stride}")
+    if len(cfg.prepare.split) != 3 or abs(sum(cfg.prepare.split) - 1) > 1e-6:
+        raise ConfigError("prepare.split must be three fractions (train, val, test) summing to 1")
+    if any(s % total_stride for s in cfg.prepare.slice_size):
+        raise ConfigError(f"prepare.slice_size must be divisible by the UNet's total stride {total_stride}")

@@ -1,0 +1,164 @@
+"""Writing a volume as a DICOM image series (synthetic CT output, DICOM phantoms).
+
+Each slice of the image's own grid becomes one instance, with ImagePositionPatient,
+ImageOrientationPatient and PixelSpacing taken from that grid, so that a DICOM reader rebuilds the
+same geometry. CT values go through RescaleIntercept/RescaleSlope (stored = HU + 1024).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+import medtrans
+from medtrans.fsutil import atomic_dir
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+CT_RESCALE_INTERCEPT = -1024.0
+
+
+def new_link(*, patient_id: str = "ANON", patient_name: str = "ANONYMOUS") -> dict[str, Any]:
+    """Fresh, self-consistent patient/study/frame-of-reference attributes (for input without DICOM)."""
+    now = _dt.datetime.now()
+    return {
+        "PatientName": patient_name,
+        "PatientID": patient_id,
+        "PatientBirthDate": "",
+        "PatientSex": "",
+        "StudyInstanceUID": generate_uid(),
+        "StudyID": "1",
+        "StudyDate": now.strftime("%Y%m%d"),
+        "StudyTime": now.strftime("%H%M%S"),
+        "AccessionNumber": "",
+        "ReferringPhysicianName": "",
+        "FrameOfReferenceUID": generate_uid(),
+    }
+
+
+def _right_handed(image: sitk.Image) -> sitk.Image:
+    """DICOM stacks slices along row x column; a left-handed grid is flipped along z (same voxels in space)."""
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    if np.linalg.det(d) > 0:
+        return image
+    return sitk.Flip(image, [False, False, True])
+
+
+def write_dicom_series(
+    image: sitk.Image,
+    folder: str | Path,
+    *,
+    modality: str,
+    link: dict[str, Any],
+    series_description: str,
+    series_number: int = 1001,
+    derived: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write ``image`` as a DICOM series in ``folder`` (atomically: the folder appears complete or not at all).
+
+    Args:
+        image: the volume; CT in HU, MR in scanner units.
+        folder: output folder (replaced if present).
+        modality: ``'CT'`` (CT Image Storage) or ``'MR'`` (MR Image Storage).
+        link: patient/study/frame-of-reference attributes (see :func:`new_link`, or a source series').
+        series_description: SeriesDescription; say "synthetic" for derived data.
+        series_number: SeriesNumber.
+        derived: ImageType DERIVED\\SECONDARY (else ORIGINAL\\PRIMARY).
+        extra: further attributes set on every instance (keyword -> value).
+
+    Returns:
+        The written files, in slice order.
+    """
+    modality = modality.upper()
+    if modality not in ("CT", "MR"):
+        raise ValueError(f"modality must be CT or MR, not {modality!r}")
+    image = _right_handed(image)
+    arr = sitk.GetArrayFromImage(image)  # (z, y, x)
+    if modality == "CT":
+        stored = np.clip(np.rint(arr.astype(np.float64) - CT_RESCALE_INTERCEPT), 0, 65535).astype(np.uint16)
+    else:
+        stored = np.clip(np.rint(arr.astype(np.float64)), 0, 65535).astype(np.uint16)
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    iop = [*d[:, 0].tolist(), *d[:, 1].tolist()]
+    sx, sy, sz = image.GetSpacing()
+    series_uid = generate_uid()
+    now = _dt.datetime.now()
+    sop_class = CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
+    written: list[Path] = []
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        for k in range(stored.shape[0]):
+            ds = _base_dataset(sop_class, link)
+            ds.Modality = modality
+            ds.SeriesInstanceUID = series_uid
+            ds.SeriesNumber = series_number
+            ds.SeriesDescription = series_description[:64]
+            ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
+            ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
+            ds.ImageType = ["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY", "AXIAL"]
+            ds.InstanceNumber = k + 1
+            ds.AcquisitionNumber = 1
+            ds.ImagePositionPatient = [float(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+            ds.ImageOrientationPatient = [float(v) for v in iop]
+            ds.PixelSpacing = [float(sy), float(sx)]  # row spacing (between rows), then column spacing
+            ds.SliceThickness = float(sz)
+            ds.SpacingBetweenSlices = float(sz)
+            ds.SliceLocation = float(np.dot(ds.ImagePositionPatient, np.cross(d[:, 0], d[:, 1])))
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
+            ds.BitsAllocated = 16
+            ds.BitsStored = 16
+            ds.HighBit = 15
+            ds.PixelRepresentation = 0
+            if modality == "CT":
+                ds.RescaleIntercept = CT_RESCALE_INTERCEPT
+                ds.RescaleSlope = 1.0
+                ds.RescaleType = "HU"
+                ds.KVP = ""
+            else:
+                ds.ScanningSequence = "GR"
+                ds.SequenceVariant = "NONE"
+                ds.ScanOptions = ""
+                ds.MRAcquisitionType = "3D"
+                ds.RepetitionTime = 8.0
+                ds.EchoTime = 3.0
+                ds.EchoTrainLength = 1
+            for key, value in (extra or {}).items():
+                setattr(ds, key, value)
+            ds.PixelData = stored[k].tobytes()
+            out = tmp / f"{modality}{k + 1:05d}.dcm"
+            ds.save_as(out, enforce_file_format=True)
+            written.append(folder / out.name)
+    return written
+
+
+def _base_dataset(sop_class: str, link: dict[str, Any]) -> Dataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    sop_uid = generate_uid()
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+                "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
+        setattr(ds, key, link.get(key, ""))
+    ds.PositionReferenceIndicator = ""
+    ds.Manufacturer = "medtrans"
+    ds.ManufacturerModelName = "medtrans"
+    ds.SoftwareVersions = medtrans.__version__
+    ds.PatientOrientation = ""
+    return ds

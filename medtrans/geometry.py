@@ -1,0 +1,135 @@
+"""Geometry: the one module that knows about grids, orientations and physical space.
+
+Images travel through medtrans as SimpleITK images, whose physical space is LPS (DICOM's patient
+coordinates). Networks see arrays cut in one canonical orientation; every output is put back on the
+input's own grid. Reorientation here is a pure permutation/flip of voxels (no interpolation), so it is
+lossless and exactly invertible, also for oblique volumes (which keep their obliquity in the direction
+matrix).
+
+Example:
+    >>> import SimpleITK as sitk
+    >>> img = sitk.Image([4, 3, 2], sitk.sitkFloat32)
+    >>> img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS-like export
+    >>> canon = to_canonical(img)
+    >>> orientation_code(canon)
+    'LPS'
+    >>> same_grid(from_canonical(canon, reference=img), img)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from medtrans.errors import GeometryError
+
+#: The orientation every network sees: array axis x toward patient Left, y toward Posterior, z toward
+#: Superior (SimpleITK/DICOM "LPS"). Axial slices are planes of constant z.
+CANONICAL_ORIENTATION = "LPS"
+
+
+def geometry_of(image: sitk.Image) -> dict[str, Any]:
+    """Return the grid of an image as plain JSON-friendly lists.
+
+    Args:
+        image: any SimpleITK image.
+
+    Returns:
+        ``{"size", "spacing", "origin", "direction"}`` as SimpleITK reports them (x, y, z order).
+    """
+    return {
+        "size": [int(s) for s in image.GetSize()],
+        "spacing": [float(s) for s in image.GetSpacing()],
+        "origin": [float(s) for s in image.GetOrigin()],
+        "direction": [float(s) for s in image.GetDirection()],
+    }
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, *, tolerance: float = 1e-5) -> bool:
+    """True when two images share size, and spacing/origin/direction within ``tolerance``."""
+    if a.GetSize() != b.GetSize():
+        return False
+    return all(
+        np.allclose(getattr(a, f)(), getattr(b, f)(), rtol=0, atol=tolerance)
+        for f in ("GetSpacing", "GetOrigin", "GetDirection")
+    )
+
+
+def require_same_grid(a: sitk.Image, b: sitk.Image, *, what_a: str, what_b: str) -> None:
+    """Raise a :class:`GeometryError` that names both grids unless ``a`` and ``b`` share one."""
+    if not same_grid(a, b):
+        raise GeometryError(
+            f"{what_a} and {what_b} are on different grids: {what_a} {describe_grid(a)}; "
+            f"{what_b} {describe_grid(b)}"
+        )
+
+
+def describe_grid(image: sitk.Image) -> str:
+    """A short human-readable summary of a grid, for error messages."""
+    g = geometry_of(image)
+    fmt = lambda v: "[" + ", ".join(f"{x:.4g}" for x in v) + "]"  # noqa: E731
+    return (
+        f"size {g['size']}, spacing {fmt(g['spacing'])}, origin {fmt(g['origin'])}, "
+        f"direction {fmt(g['direction'])}"
+    )
+
+
+def orientation_code(image: sitk.Image) -> str:
+    """The closest three-letter orientation code (e.g. ``'LPS'``, ``'RAS'``) of an image's axes."""
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+
+
+def to_canonical(image: sitk.Image) -> sitk.Image:
+    """Permute/flip the voxel axes so that the image is in :data:`CANONICAL_ORIENTATION`.
+
+    The physical position of every voxel is unchanged; only the array layout changes.
+    """
+    if orientation_code(image) == CANONICAL_ORIENTATION:
+        return image
+    return sitk.DICOMOrient(image, CANONICAL_ORIENTATION)
+
+
+def from_canonical(canonical: sitk.Image, *, reference: sitk.Image) -> sitk.Image:
+    """Undo :func:`to_canonical`: put ``canonical`` back on ``reference``'s exact grid.
+
+    The voxels are permuted back (no interpolation) and the reference's spacing, origin and direction
+    are copied bit for bit, so the output grid equals the input grid exactly.
+    """
+    code = orientation_code(reference)
+    back = canonical if code == CANONICAL_ORIENTATION else sitk.DICOMOrient(canonical, code)
+    if back.GetSize() != reference.GetSize() or not same_grid(back, reference, tolerance=1e-3):
+        raise GeometryError(
+            "internal: the canonical image does not map back onto the reference grid: "
+            f"{describe_grid(back)} vs {describe_grid(reference)}"
+        )
+    back.CopyInformation(reference)
+    return back
+
+
+def array_from_canonical(array: np.ndarray, *, reference: sitk.Image) -> sitk.Image:
+    """Wrap a (z, y, x) array cut in canonical orientation and return it on ``reference``'s grid."""
+    canonical_ref = to_canonical(reference)
+    img = sitk.GetImageFromArray(array)
+    img.CopyInformation(canonical_ref)
+    return from_canonical(img, reference=reference)
+
+
+def lps_affine(image: sitk.Image) -> np.ndarray:
+    """The 4x4 voxel-to-LPS affine of an image (voxel index (i, j, k) in x, y, z order)."""
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = d * np.array(image.GetSpacing())[None, :]
+    affine[:3, 3] = image.GetOrigin()
+    return affine
+
+
+def ras_affine(image: sitk.Image) -> np.ndarray:
+    """The 4x4 voxel-to-RAS affine (NIfTI/nibabel convention) of a SimpleITK image.
+
+    NIfTI stores RAS while SimpleITK (like DICOM) works in LPS: the two differ by negating x and y.
+    This is the only place in medtrans that converts between them.
+    """
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine(image)

@@ -1,0 +1,91 @@
+"""Whole-volume synthetic CT from a trained generator: used by ``convert`` and by training's validation.
+
+The MR is normalized with the shared :func:`medtrans.intensity.normalize_mr`, reoriented losslessly to
+the canonical orientation, cut into 2D/2.5D slice stacks, pushed through the generator in batches (GPU
+memory is bounded by the batch, not the volume), mapped back to HU and put on the MR's exact grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from medtrans.geometry import array_from_canonical, to_canonical
+from medtrans.intensity import MRNormalization, denormalize_ct, normalize_mr
+from medtrans.models import Generator
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available else CPU; asking for CUDA without one is an error."""
+    from medtrans.errors import MedtransError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MedtransError("--device cuda was asked for, but PyTorch sees no CUDA device (use --device cpu)")
+    return torch.device(name)
+
+
+def context_indices(n_slices: int, centre: np.ndarray, context: int) -> np.ndarray:
+    """Slice indices of the 2.5D stack around each centre slice, clamped at the volume ends."""
+    r = context // 2
+    return np.clip(centre[:, None] + np.arange(-r, r + 1)[None, :], 0, n_slices - 1)
+
+
+@dataclass
+class Predictor:
+    """A generator ready for inference on one device."""
+
+    generator: Generator
+    mr_normalization: MRNormalization
+    context_slices: int
+    stride: int
+    device: torch.device
+    batch_size: int = 32
+    tta_flip: bool = False
+
+    @torch.no_grad()
+    def predict_normalized(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
+        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32)."""
+        z, h, w = mr_canonical.shape
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        vol = torch.from_numpy(np.ascontiguousarray(mr_canonical, dtype=np.float32))
+        if ph or pw:
+            vol = F.pad(vol, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float(background))
+        vol = vol.to(self.device)
+        out = np.empty((z, h, w), np.float32)
+        use_amp = self.device.type == "cuda"
+        was_training = self.generator.training
+        self.generator.eval()
+        for start in range(0, z, self.batch_size):
+            centre = np.arange(start, min(z, start + self.batch_size))
+            idx = torch.from_numpy(context_indices(z, centre, self.context_slices)).to(self.device)
+            x = vol[idx]  # (B, k, H', W')
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                y = self.generator(x).float()
+                if self.tta_flip:
+                    y = 0.5 * (y + self.generator(x.flip(-1)).float().flip(-1))
+            y = y[:, 0, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
+            out[centre] = y.cpu().numpy()
+        self.generator.train(was_training)
+        return out
+
+    def predict_image(self, mr: sitk.Image) -> sitk.Image:
+        """An MR image -> synthetic CT in HU (float32) on exactly the MR's grid."""
+        mr_norm, stats = normalize_mr(mr, self.mr_normalization)
+        canonical = sitk.GetArrayFromImage(to_canonical(mr_norm))
+        pred = self.predict_normalized(canonical, stats["background"])
+        return array_from_canonical(denormalize_ct(pred), reference=mr)
+
+
+def predictor_from_bundle(bundle, *, device: torch.device, batch_size: int = 32, tta_flip: bool = False) -> Predictor:
+    """Build a :class:`Predictor` from a loaded :class:`medtrans.bundle.Bundle`."""
+    from medtrans.models import total_stride
+
+    g = bundle.generator().to(device)
+    return Predictor(g, bundle.mr_normalization, bundle.model.context_slices, total_stride(bundle.model), device,
+                     batch_size=batch_size, tta_flip=tta_flip)

@@ -1,0 +1,111 @@
+"""Intensity normalization: the one home of the CT and MR mappings shared by training and inference.
+
+CT: HU clipped to [-1024, 3000] and scaled linearly to [-1, 1] (the SynthRAD2023 PSNR range).
+MR: optional N4 bias correction, then either ``percentile`` scaling (0 -> -1 and the high percentile of
+the MR foreground -> 1; MR has a physical zero, and keeping it preserves the air/tissue distinction
+that a low percentile would erase) or ``zscore`` inside the foreground. The foreground is Otsu's
+threshold of the MR itself, so inference needs nothing but the MR.
+
+Example:
+    >>> import numpy as np
+    >>> float(denormalize_ct(normalize_ct(np.array([120.0])))[0])
+    120.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+CT_RANGE = (-1024.0, 3000.0)
+#: Normalized value of air / background in CT space.
+CT_BACKGROUND = -1.0
+
+
+def normalize_ct(hu: np.ndarray) -> np.ndarray:
+    """HU -> [-1, 1] (values outside :data:`CT_RANGE` are clipped)."""
+    lo, hi = CT_RANGE
+    return (np.clip(hu, lo, hi).astype(np.float32) - lo) * np.float32(2.0 / (hi - lo)) - np.float32(1.0)
+
+
+def denormalize_ct(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] -> HU, the inverse of :func:`normalize_ct` inside the range."""
+    lo, hi = CT_RANGE
+    return (np.asarray(x, np.float32) + np.float32(1.0)) * np.float32((hi - lo) / 2.0) + np.float32(lo)
+
+
+@dataclass(frozen=True)
+class MRNormalization:
+    """Parameters of the MR mapping (recorded in the manifest and the model bundle)."""
+
+    method: str = "percentile"
+    percentile: float = 99.5
+    n4: bool = False
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MRNormalization:
+        return cls(method=d["method"], percentile=float(d["percentile"]), n4=bool(d["n4"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "percentile": self.percentile, "n4": self.n4}
+
+
+def mr_foreground(arr: np.ndarray) -> np.ndarray:
+    """Boolean foreground of an MR array: above Otsu's threshold of the non-zero voxels."""
+    from skimage.filters import threshold_otsu
+
+    nz = arr[arr > 0]
+    if nz.size < 16 or float(nz.min()) == float(nz.max()):
+        return arr > 0
+    return arr > threshold_otsu(nz)
+
+
+def n4_correct(image: sitk.Image) -> sitk.Image:
+    """N4 bias-field correction at a shrink factor of 4 (the field is applied at full resolution)."""
+    img = sitk.Cast(image, sitk.sitkFloat32)
+    mask = sitk.OtsuThreshold(img, 0, 1, 200)
+    shrink = 4
+    small = sitk.Shrink(img, [shrink] * 3)
+    small_mask = sitk.Shrink(mask, [shrink] * 3)
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([20, 20, 10])
+    corrector.Execute(small, small_mask)
+    log_field = corrector.GetLogBiasFieldAsImage(img)
+    return img / sitk.Exp(log_field)
+
+
+def normalize_mr(image: sitk.Image, spec: MRNormalization) -> tuple[sitk.Image, dict[str, float]]:
+    """Map an MR image to the network's input range.
+
+    Args:
+        image: the MR as read (any pixel type, any grid).
+        spec: the mapping to apply.
+
+    Returns:
+        A float32 image on the same grid, and the per-volume statistics used (for the record), including
+        ``background``: the normalized value of zero signal, used to pad slices.
+    """
+    img = n4_correct(image) if spec.n4 else sitk.Cast(image, sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    arr = np.maximum(arr, 0.0)  # magnitude MR is non-negative; negatives are reconstruction artefacts
+    fg = mr_foreground(arr)
+    values = arr[fg] if fg.any() else arr.reshape(-1)
+    if spec.method == "percentile":
+        hi = float(np.percentile(values, spec.percentile))
+        scale = hi if hi > 0 else 1.0
+        out = arr * np.float32(2.0 / scale) - np.float32(1.0)
+        stats = {"high": hi, "background": -1.0}
+    elif spec.method == "zscore":
+        mean, std = float(values.mean()), float(values.std()) or 1.0
+        out = (arr - np.float32(mean)) / np.float32(std)
+        stats = {"mean": mean, "std": std, "background": -mean / std}
+    else:
+        raise ValueError(f"unknown MR normalization {spec.method!r}")
+    out = np.clip(out, -5.0, 5.0).astype(np.float32)  # bound outliers (metal, vessels) for the network
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(image)
+    return result, stats
+

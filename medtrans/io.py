@@ -1,0 +1,306 @@
+"""Volume input/output: NIfTI, MHA/MHD, NRRD and DICOM series, one in-memory form.
+
+Every reader returns a :class:`Volume` around a SimpleITK image in LPS physical space; geometry is
+never separated from the voxels. DICOM series are inspected with pydicom first (series choice, slice
+order, missing slices, tilt) and then read by SimpleITK/GDCM, which applies RescaleSlope/Intercept, so
+CT comes out in HU.
+
+Example:
+    >>> import tempfile, pathlib, SimpleITK as sitk
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> img = sitk.Image([5, 4, 3], sitk.sitkInt16); img.SetSpacing((0.5, 0.7, 2.0))
+    >>> write_volume(img, d / "x.nii.gz")
+    >>> read_volume(d / "x.nii.gz").image.GetSpacing()
+    (0.5, 0.7, 2.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from medtrans.errors import DicomSeriesError, InputError
+from medtrans.fsutil import atomic_path
+from medtrans.geometry import geometry_of
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+#: DICOM attributes that tie a derived series to its source; carried in memory, never logged.
+LINK_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID",
+)
+
+
+@dataclass
+class DicomSeriesInfo:
+    """What the header scan learned about one series (no patient identifiers are kept here)."""
+
+    series_uid: str
+    modality: str
+    description: str
+    files: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.series_uid} ({self.modality or '?'}, '{self.description}', {len(self.files)} slices)"
+
+
+@dataclass
+class Volume:
+    """An image with where it came from.
+
+    Attributes:
+        image: the voxels and their grid (LPS physical space).
+        source: the file or folder it was read from.
+        modality: ``'CT'``, ``'MR'`` or ``None`` when the format does not say.
+        dicom_link: for DICOM input, the patient/study/frame-of-reference attributes a derived series
+            must repeat to join the same study. Never written to logs or reports.
+    """
+
+    image: sitk.Image
+    source: Path
+    modality: str | None = None
+    dicom_link: dict[str, Any] | None = None
+
+
+def is_volume_file(path: Path) -> bool:
+    """True for a file whose name ends in one of :data:`VOLUME_SUFFIXES`."""
+    return path.is_file() and path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def read_volume(
+    path: str | Path, *, series_uid: str | None = None, modality: str | None = None, allow_nan: bool = False
+) -> Volume:
+    """Read a volume from a file or a DICOM series folder.
+
+    Args:
+        path: a NIfTI/MHA/MHD/NRRD file, a single DICOM file, or a folder holding a DICOM series.
+        series_uid: in a folder with several series, the SeriesInstanceUID to read.
+        modality: in a folder with several series, the modality to read (e.g. ``'CT'``) when only one
+            series has it.
+        allow_nan: accept NaN voxels (rejected by default: they poison every later step).
+
+    Raises:
+        InputError: missing path, empty folder, or a file that is not a readable image.
+        DicomSeriesError: ambiguous series choice, missing slices, tilt, mixed orientations.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError("does not exist", path=path)
+    if path.is_dir():
+        vol = _read_dicom_folder(path, series_uid=series_uid, modality=modality)
+    elif path.name.lower().endswith(VOLUME_SUFFIXES):
+        vol = Volume(image=_sitk_read(path, "image"), source=path)
+    else:
+        vol = _read_single_dicom(path)
+    if not allow_nan:
+        _reject_nan(vol)
+    return vol
+
+
+def write_volume(image: sitk.Image, path: str | Path, *, compress: bool = True) -> None:
+    """Write an image atomically; the format follows the extension (.nii.gz, .nii, .mha, .nrrd).
+
+    DICOM output lives in :mod:`medtrans.dicom_out`.
+    """
+    path = Path(path)
+    if not path.name.lower().endswith(WRITE_SUFFIXES):
+        raise InputError(f"unsupported output format; use one of {', '.join(WRITE_SUFFIXES)}", path=path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+
+def volume_info(vol: Volume) -> dict[str, Any]:
+    """The JSON that ``medtrans info`` prints: geometry, modality, dtype and value range."""
+    arr = sitk.GetArrayViewFromImage(vol.image)
+    info: dict[str, Any] = geometry_of(vol.image)
+    info["modality"] = vol.modality
+    info["dtype"] = str(arr.dtype)
+    info["min"] = float(arr.min())
+    info["max"] = float(arr.max())
+    info["orientation"] = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
+        vol.image.GetDirection()
+    )
+    return info
+
+
+# --------------------------------------------------------------------------------------------- internals
+
+
+def _sitk_read(path: Path, what: str) -> sitk.Image:
+    if path.stat().st_size == 0:
+        raise InputError(f"is an empty file, not a {what}", path=path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"cannot be read as an {what}: {_itk_reason(exc)}", path=path) from None
+
+
+def _itk_reason(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # ITK's first lines are source locations; the last meaningful one says what went wrong.
+    for ln in reversed(lines):
+        if not ln.startswith(("sitk::", "/", "itk::ERROR")) or "ERROR" in ln:
+            return ln.split("): ")[-1][:300]
+    return (lines[-1] if lines else str(exc))[:300]
+
+
+def _reject_nan(vol: Volume) -> None:
+    if vol.image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        arr = sitk.GetArrayViewFromImage(vol.image)
+        n = int(np.isnan(arr).sum())
+        if n:
+            raise InputError(f"contains {n} NaN voxel(s); fix or mask them before use", path=vol.source)
+
+
+def _read_single_dicom(path: Path) -> Volume:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError) as exc:
+        raise InputError(
+            f"is neither a volume file ({', '.join(VOLUME_SUFFIXES)}) nor DICOM: {exc}", path=path
+        ) from None
+    image = _sitk_read(path, "DICOM image")
+    return Volume(image=image, source=path, modality=getattr(ds, "Modality", None), dicom_link=_link_of(ds))
+
+
+def _link_of(ds: Any) -> dict[str, Any]:
+    return {k: str(getattr(ds, k)) for k in LINK_ATTRIBUTES if k in ds}
+
+
+def scan_dicom(folder: Path, *, recursive: bool = False) -> dict[str, DicomSeriesInfo]:
+    """Group the DICOM files under ``folder`` by SeriesInstanceUID (headers only, non-DICOM skipped)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    series: dict[str, DicomSeriesInfo] = {}
+    files = sorted(folder.rglob("*") if recursive else folder.iterdir())
+    for f in files:
+        if not f.is_file() or f.name.startswith(".") or f.name.lower().endswith(VOLUME_SUFFIXES):
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "Modality",
+                                                                            "SeriesDescription"])
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        if not uid:
+            continue
+        info = series.setdefault(
+            uid, DicomSeriesInfo(uid, str(getattr(ds, "Modality", "") or ""),
+                                 str(getattr(ds, "SeriesDescription", "") or ""))
+        )
+        info.files.append(f)
+    return series
+
+
+def choose_series(
+    series: dict[str, DicomSeriesInfo], folder: Path, *, series_uid: str | None, modality: str | None
+) -> DicomSeriesInfo:
+    """Pick one series: by UID, else by modality, else the only one; otherwise list them in an error."""
+    if not series:
+        kind = "is an empty folder" if not any(folder.iterdir()) else "holds no DICOM series (and no volume file)"
+        raise InputError(kind, path=folder)
+    listing = "; ".join(s.summary() for s in series.values())
+    if series_uid is not None:
+        if series_uid not in series:
+            raise DicomSeriesError(f"has no series {series_uid}; it holds: {listing}", path=folder)
+        return series[series_uid]
+    candidates = list(series.values())
+    if modality is not None:
+        candidates = [s for s in candidates if s.modality.upper() == modality.upper()]
+        if not candidates:
+            raise DicomSeriesError(f"has no {modality} series; it holds: {listing}", path=folder)
+    if len(candidates) > 1:
+        raise DicomSeriesError(
+            f"holds {len(candidates)} series; choose one with --series-uid or --modality: {listing}", path=folder
+        )
+    return candidates[0]
+
+
+def _read_dicom_folder(folder: Path, *, series_uid: str | None, modality: str | None) -> Volume:
+    chosen = choose_series(scan_dicom(folder), folder, series_uid=series_uid, modality=modality)
+    files, first = sort_series(chosen, folder)
+    if len(files) == 1:
+        image = _sitk_read(files[0], "DICOM image")
+    else:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(f) for f in files])
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise DicomSeriesError(f"series {chosen.series_uid} cannot be read: {_itk_reason(exc)}",
+                                   path=folder) from None
+    return Volume(image=image, source=folder, modality=chosen.modality or None, dicom_link=_link_of(first))
+
+
+def sort_series(series: DicomSeriesInfo, folder: Path) -> tuple[list[Path], Any]:
+    """Sort a series' files along the slice normal and check that they form one regular volume.
+
+    Returns:
+        The sorted files and the first slice's header dataset.
+
+    Raises:
+        DicomSeriesError: mixed orientations, duplicate or missing slices, non-uniform spacing, or a
+            gantry tilt (slice positions not stacked along the slice normal).
+    """
+    import pydicom
+
+    headers = [(f, pydicom.dcmread(f, stop_before_pixels=True)) for f in series.files]
+    if len(headers) == 1:
+        return [headers[0][0]], headers[0][1]
+    orients = defaultdict(list)
+    for f, ds in headers:
+        if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
+            raise DicomSeriesError(f"{f.name} lacks ImageOrientationPatient/ImagePositionPatient", path=folder)
+        orients[tuple(np.round(np.asarray(ds.ImageOrientationPatient, float), 4))].append(f)
+    if len(orients) > 1:
+        raise DicomSeriesError(
+            f"series {series.series_uid} mixes {len(orients)} slice orientations; it is not one volume",
+            path=folder,
+        )
+    iop = np.asarray(headers[0][1].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.array([np.asarray(ds.ImagePositionPatient, float) for _, ds in headers])
+    order = np.argsort(positions @ normal, kind="stable")
+    headers = [headers[i] for i in order]
+    positions = positions[order]
+    along = positions @ normal
+    steps = np.diff(along)
+    if np.any(steps < 1e-3):
+        raise DicomSeriesError(f"series {series.series_uid} has duplicate slice positions", path=folder)
+    deltas = np.diff(positions, axis=0)
+    cosines = np.abs(deltas @ normal) / np.linalg.norm(deltas, axis=1)
+    tilt = math.degrees(math.acos(float(np.clip(cosines.min(), -1, 1))))
+    if tilt > 0.5:
+        raise DicomSeriesError(
+            f"series {series.series_uid} has a gantry tilt of {tilt:.1f} degrees (slices are sheared); "
+            "resample it to an untilted grid first (e.g. dcm2niix corrects tilt)",
+            path=folder,
+        )
+    step = float(np.median(steps))
+    if np.max(np.abs(steps - step)) > max(0.01, 0.01 * step):
+        ratios = steps / step
+        if np.any(ratios > 1.5) and np.allclose(ratios, np.round(ratios), atol=0.05):
+            missing = int(np.sum(np.round(ratios) - 1))
+            raise DicomSeriesError(
+                f"series {series.series_uid} is missing {missing} slice(s): positions jump by "
+                f"{steps.max():.3g} mm where the spacing is {step:.3g} mm",
+                path=folder,
+            )
+        raise DicomSeriesError(
+            f"series {series.series_uid} has non-uniform slice spacing ({steps.min():.3g} to "
+            f"{steps.max():.3g} mm); resample it to a regular grid first",
+            path=folder,
+        )
+    return [f for f, _ in headers], headers[0][1]

@@ -1,0 +1,57 @@
+"""Networks from MONAI: a 2D UNet generator with a plain head, and a conditional PatchGAN discriminator.
+
+Why the head: with ``num_res_units > 0`` MONAI's UNet ends in a transposed convolution followed by
+instance norm and an activation; with one output channel every slice would be normalized on its own and
+absolute HU levels could not be learned. The UNet therefore emits ``head_features`` channels and a 1x1
+convolution maps them to CT, its bias starting at the background (air) value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.networks.nets import PatchDiscriminator, UNet
+from torch import nn
+
+from medtrans.config import ModelConfig
+from medtrans.intensity import CT_BACKGROUND
+
+
+class Generator(nn.Module):
+    """MR (``context_slices`` channels) -> normalized CT in (-1, 1)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.unet = UNet(
+            spatial_dims=2, in_channels=cfg.context_slices, out_channels=cfg.head_features,
+            channels=tuple(cfg.channels), strides=tuple(cfg.strides), num_res_units=cfg.num_res_units,
+            norm=cfg.norm.upper(),
+        )
+        self.head = nn.Conv2d(cfg.head_features, 1, kernel_size=1)
+        nn.init.normal_(self.head.weight, std=1e-3)
+        # tanh(bias) = slightly above -1: the untrained network predicts air, not mid-grey
+        nn.init.constant_(self.head.bias, math.atanh(CT_BACKGROUND * 0.95))
+
+    def forward(self, mr: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(self.unet(mr)))
+
+
+class Discriminator(nn.Module):
+    """PatchGAN conditioned on the MR: input is MR and CT channels concatenated; returns patch logits."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        # Instance norm makes one forward over real and fake pairs equal to two separate ones.
+        self.net = PatchDiscriminator(
+            spatial_dims=2, channels=cfg.disc_channels, in_channels=cfg.context_slices + 1, out_channels=1,
+            num_layers_d=cfg.disc_layers, norm="INSTANCE",
+        )
+
+    def forward(self, mr: torch.Tensor, ct: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([mr, ct], dim=1))[-1]
+
+
+def total_stride(cfg: ModelConfig) -> int:
+    """The factor every input side must be divisible by."""
+    return math.prod(cfg.strides)

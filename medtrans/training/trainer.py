@@ -1,0 +1,312 @@
+"""The pix2pix trainer: MONAI UNet generator + PatchGAN, GAN loss + lambda * L1, exact resume, DDP.
+
+``train.max_steps`` in the config is the schedule's horizon (the learning rate decays to zero there);
+``--max-steps`` on the command line only says where this invocation stops, so that 8 steps followed by
+``--resume --max-steps 16`` equals 16 steps straight, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.distributed as dist
+from monai.losses import PatchAdversarialLoss
+from tqdm import tqdm
+
+import medtrans
+from medtrans.bundle import save_bundle
+from medtrans.config import Config, load_config
+from medtrans.errors import DatasetError, MedtransError
+from medtrans.fsutil import atomic_path, write_json, write_text
+from medtrans.inference import Predictor, pick_device
+from medtrans.intensity import MRNormalization
+from medtrans.models import Discriminator, Generator, total_stride
+from medtrans.training.data import BatchStream, load_bank, load_manifest
+
+LOG_EVERY = 10
+OUTSIDE_MASK_WEIGHT = 0.1  # masked L1 still keeps the background near air
+
+
+def _dist() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MEDTRANS_DDP_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank() if world > 1 else 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def _lr_factor(horizon: int, decay_from: float):
+    start = int(horizon * decay_from)
+
+    def factor(step: int) -> float:
+        if step < start:
+            return 1.0
+        return max(0.0, (horizon - step) / max(1, horizon - start))
+
+    return factor
+
+
+def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute error, weighted 1 inside the body and :data:`OUTSIDE_MASK_WEIGHT` outside it."""
+    diff = (fake - real).abs()
+    if mask is None:
+        return diff.mean()
+    w = mask + OUTSIDE_MASK_WEIGHT * (1 - mask)
+    return (diff * w).sum() / w.sum()
+
+
+def validate(predictor: Predictor, prep: Path, cases: list[str]) -> dict[str, float]:
+    """Whole-volume validation through the inference code: mean MAE/PSNR/SSIM in HU within the mask."""
+    from evaluation.metrics import compute_metrics
+
+    rows = []
+    for name in cases:
+        mr = sitk.ReadImage(str(prep / name / "mr.nii.gz"))
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(prep / name / "ct_registered.nii.gz"))).astype(np.float32)
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(prep / name / "mask.nii.gz")))
+        sct = sitk.GetArrayFromImage(predictor.predict_image(mr))
+        rows.append(compute_metrics(ct, sct, mask))
+    return {k: float(np.mean([r[k] for r in rows])) for k in ("mae", "psnr", "ssim")}
+
+
+def _environment(device: torch.device, world: int) -> dict[str, Any]:
+    import monai
+
+    env = {"medtrans": medtrans.__version__, "torch": torch.__version__, "monai": monai.__version__,
+           "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
+           "world_size": world, "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+def train(
+    prep: str | Path,
+    out: str | Path,
+    cfg: Config,
+    *,
+    stop_step: int | None = None,
+    max_minutes: float | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a generator on a prepared dataset and write the run folder (see ``docs/cli.md``).
+
+    Args:
+        prep: the prepared dataset (``medtrans prepare`` output).
+        out: the run folder.
+        cfg: the resolved config (ignored on resume: the run's saved config is used).
+        stop_step: stop after this global step (default: ``cfg.train.max_steps``).
+        max_minutes: also stop (after a checkpoint) when this much wall time has passed.
+        resume: continue from ``out/checkpoints/last.pt``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        seed: seeds the initial weights and the data stream.
+        progress: show a progress bar.
+
+    Returns:
+        A summary: final step, best validation metrics, bundle path.
+    """
+    prep, out = Path(prep), Path(out)
+    rank, world, local = _dist()
+    dev = pick_device(device)
+    if dev.type == "cuda" and world > 1:
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    state: dict[str, Any] | None = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise MedtransError(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["config_json"])
+        cfg = load_config(None, base=saved)
+        seed = int(state["seed"])
+    elif ckpt_path.exists():
+        raise MedtransError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if dev.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+    manifest = load_manifest(prep)
+    k = cfg.model.context_slices
+    bank = load_bank(prep, manifest, "train", k).to(dev)
+    val_cases = manifest["split"].get("val", [])
+    stream = BatchStream(bank, batch_size=cfg.train.batch_size, crop=cfg.train.crop_size, flip=cfg.train.flip,
+                         seed=seed, rank=rank, world=world)
+    norms = {json.dumps(r["normalization"]["mr"].get("method")) for r in manifest["cases"] if r["status"] == "ok"}
+    if len(norms) != 1:
+        raise DatasetError("cases were prepared with different MR normalizations", path=prep)
+    spec = MRNormalization(method=manifest["config"]["prepare"]["mr_norm"],
+                           percentile=manifest["config"]["prepare"]["mr_percentile"],
+                           n4=manifest["config"]["prepare"]["n4"])
+
+    torch.manual_seed(seed)
+    gen = Generator(cfg.model).to(dev)
+    use_gan = cfg.train.gan_weight > 0
+    disc = Discriminator(cfg.model).to(dev) if use_gan else None
+    fmt = torch.channels_last if (cfg.train.channels_last and dev.type == "cuda") else torch.contiguous_format
+    gen = gen.to(memory_format=fmt)
+    if disc is not None:
+        disc = disc.to(memory_format=fmt)
+    fused = dev.type == "cuda"
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)
+    opt_d = (torch.optim.Adam(disc.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)
+             if disc is not None else None)
+    factor = _lr_factor(cfg.train.max_steps, cfg.train.decay_from)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, factor) if opt_d is not None else None
+    start, best_mae, best_step = 0, float("inf"), -1
+    if state is not None:
+        gen.load_state_dict(state["generator"])
+        opt_g.load_state_dict(state["opt_g"])
+        sched_g.load_state_dict(state["sched_g"])
+        if disc is not None:
+            disc.load_state_dict(state["discriminator"])
+            opt_d.load_state_dict(state["opt_d"])
+            sched_d.load_state_dict(state["sched_d"])
+        start, best_mae, best_step = int(state["step"]), float(state["best_mae"]), int(state["best_step"])
+        torch.set_rng_state(state["torch_rng"])
+
+    g_train, d_train = gen, disc
+    if world > 1:
+        ids = [dev.index] if dev.type == "cuda" else None
+        g_train = torch.nn.parallel.DistributedDataParallel(gen, device_ids=ids)
+        if disc is not None:
+            d_train = torch.nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+    if cfg.train.compile:
+        g_train = torch.compile(g_train)
+        if d_train is not None:
+            d_train = torch.compile(d_train)
+    adv = PatchAdversarialLoss(criterion=cfg.train.gan_loss)
+
+    stop = min(stop_step if stop_step is not None else cfg.train.max_steps, cfg.train.max_steps)
+    is_main = rank == 0
+    if is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", cfg.dump())
+        write_json(out / "environment.json", _environment(dev, world))
+    predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev, batch_size=32)
+    amp = cfg.train.amp and dev.type == "cuda"
+    t_start = time.perf_counter()
+    bar = tqdm(total=stop, initial=start, desc="train", unit="step", disable=not (progress and is_main))
+    sums = torch.zeros(3, device=dev)
+    n_acc, t_log, step = 0, time.perf_counter(), start
+
+    def checkpoint(step_done: int) -> None:
+        _save_checkpoint(ckpt_path, {
+            "step": step_done, "seed": seed, "best_mae": best_mae, "best_step": best_step,
+            "config_json": json.dumps(cfg.to_dict()), "generator": gen.state_dict(), "opt_g": opt_g.state_dict(),
+            "sched_g": sched_g.state_dict(), "torch_rng": torch.get_rng_state(),
+            **({"discriminator": disc.state_dict(), "opt_d": opt_d.state_dict(), "sched_d": sched_d.state_dict()}
+               if disc is not None else {}),
+        })
+
+    log_file = out / "metrics.jsonl"
+    try:
+        for step in range(start, stop):
+            mr, ct, mk = stream.batch(step)
+            if fmt is torch.channels_last:
+                mr, ct = mr.contiguous(memory_format=fmt), ct.contiguous(memory_format=fmt)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                fake = g_train(mr)
+            d_loss = torch.zeros((), device=dev)
+            if d_train is not None:
+                opt_d.zero_grad(set_to_none=True)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = d_train(torch.cat([mr, mr]), torch.cat([ct, fake.detach()])).float()
+                    real_l, fake_l = logits.chunk(2)
+                    d_loss = 0.5 * (adv(real_l, target_is_real=True, for_discriminator=True)
+                                    + adv(fake_l, target_is_real=False, for_discriminator=True))
+                d_loss.backward()
+                opt_d.step()
+                sched_d.step()
+            opt_g.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                l1 = masked_l1(fake.float(), ct, mk if cfg.train.masked_l1 else None)
+                g_loss = cfg.train.l1_weight * l1
+                if d_train is not None:
+                    g_adv = adv(d_train(mr, fake).float(), target_is_real=True, for_discriminator=False)
+                    g_loss = g_loss + cfg.train.gan_weight * g_adv
+            g_loss.backward()
+            opt_g.step()
+            sched_g.step()
+            sums += torch.stack([g_loss.detach(), l1.detach(), d_loss.detach()])
+            n_acc += 1
+            done = step + 1
+            timed_out = max_minutes is not None and (time.perf_counter() - t_start) > 60 * max_minutes
+            if world > 1 and max_minutes is not None:
+                flag = torch.tensor([int(timed_out)], device=dev)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                timed_out = bool(flag.item())
+            last = done == stop or timed_out
+            if done % LOG_EVERY == 0 or last:
+                vals = (sums / n_acc).tolist()  # the only host sync, every LOG_EVERY steps
+                elapsed = time.perf_counter() - t_log
+                rate = n_acc * cfg.train.batch_size * world / max(elapsed, 1e-9)
+                rec = {"step": done, "g_loss": vals[0], "l1": vals[1], "d_loss": vals[2],
+                       "lr": sched_g.get_last_lr()[0], "slices_per_s": rate}
+                if is_main:
+                    with open(log_file, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                    bar.set_postfix(l1=f"{vals[1]:.4f}", d=f"{vals[2]:.3f}", sps=f"{rate:.0f}")
+                sums.zero_()
+                n_acc, t_log = 0, time.perf_counter()
+            if is_main and val_cases and (done % cfg.train.val_every == 0 or last):
+                metrics = validate(predictor, prep, val_cases)
+                with open(log_file, "a") as fh:
+                    fh.write(json.dumps({"step": done, **{f"val_{k2}": v for k2, v in metrics.items()}}) + "\n")
+                if metrics["mae"] < best_mae:
+                    best_mae, best_step = metrics["mae"], done
+                    _save_checkpoint(out / "checkpoints" / "best.pt", {"step": done, "generator": gen.state_dict()})
+            if is_main and (done % cfg.train.checkpoint_every == 0 or last):
+                checkpoint(done)
+            bar.update()
+            if world > 1:
+                dist.barrier()
+            if timed_out:
+                break
+    except torch.cuda.OutOfMemoryError:
+        raise MedtransError(
+            f"out of GPU memory at train.batch_size={cfg.train.batch_size}; retry with "
+            f"--set train.batch_size={max(1, cfg.train.batch_size // 2)} (the last checkpoint, if any, is kept)"
+        ) from None
+    finally:
+        bar.close()
+    result = {"step": step + 1 if stop > start else start, "best_val_mae": best_mae, "best_step": best_step}
+    if is_main:
+        best_file = out / "checkpoints" / "best.pt"
+        weights = (torch.load(best_file, map_location="cpu", weights_only=True)["generator"] if best_file.exists()
+                   else gen.state_dict())
+        bundle = save_bundle(out / "bundle", model=cfg.model, mr_normalization=spec, state_dict=weights, info={
+            "trained_steps": result["step"], "selected": "best validation MAE" if best_file.exists() else "last step",
+            "best_val_mae_hu": best_mae if best_step >= 0 else None, "best_step": best_step,
+            "dataset": str(prep.resolve()), "split": manifest["split"],
+        })
+        result["bundle"] = str(bundle)
+        write_json(out / "summary.json", result)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
