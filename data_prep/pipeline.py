@@ -42,7 +42,7 @@ def mr_spec(cfg: Config) -> MRNormalization:
 
 
 def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
-    hashes = {role: sha256_of(src.path if src.series_uid is None else src.path)
+    hashes = {role: sha256_of(src.path)
               for role in ("mr", "ct", "mask") if (src := getattr(case, role)) is not None}
     blob = json.dumps({"inputs": hashes, "prepare": cfg.to_dict()["prepare"], "version": medtrans.__version__},
                       sort_keys=True)
@@ -154,7 +154,7 @@ def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
         rec = prepare_case(case, case_dir, cfg)
     except MedtransError as exc:
         return {"case": case.name, "status": "failed", "error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - one bad case must not stop the cohort
+    except Exception as exc:
         return {"case": case.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=5)}
     rec["key"] = key

@@ -10,7 +10,8 @@ Definitions (see ``docs/metrics.md`` for citations):
 
 ``synthrad2025``: range [-1024, 3071] (data range 4095); outside-mask voxels set to -1024 in both volumes
     before every metric; MS-SSIM over 5 scales (weights 0.0448, 0.2856, 0.3001, 0.2363, 0.1333),
-    2x2x2 mean downsampling, edge padding to at least 97 voxels per axis, masked means with a crop of 3,
+    2x2x2 mean downsampling, edge padding to at least 97 voxels per axis, masked means with a crop of 3
+    (dropped at a coarse scale whose cropped mask would be empty),
     per-scale values clipped to [0, 1]; contrast-structure at the four finer scales, full SSIM at the
     coarsest (Wang et al. 2003), product of the weighted powers.
 
@@ -87,12 +88,14 @@ def _interior(mask: np.ndarray) -> np.ndarray:
 
 
 def masked_ssim(gt_shifted: np.ndarray, pred_shifted: np.ndarray, mask: np.ndarray, data_range: float,
-                *, workers: int = 2, which: str = "ssim") -> float:
+                *, workers: int = 2, which: str = "ssim", uncropped_if_empty: bool = False) -> float:
     """Mean of the SSIM (or CS) map over mask voxels at least 3 voxels from every border.
 
     Only the mask's bounding box plus the window radius is filtered: outside it the map is never read.
     """
     inner = _interior(mask)
+    if not inner.any() and uncropped_if_empty:
+        inner = mask.astype(bool)  # MS-SSIM's coarsest scales can be thinner than the 3-voxel crop
     if not inner.any():
         return float("nan")
     box = _bbox(inner, WIN // 2)
@@ -120,7 +123,8 @@ def ms_ssim(gt_shifted: np.ndarray, pred_shifted: np.ndarray, mask: np.ndarray, 
     for level in range(len(MS_WEIGHTS)):
         which = "ssim" if level == len(MS_WEIGHTS) - 1 else "cs"
         mb = m > 0.5
-        v = masked_ssim(x, y, mb, data_range, workers=workers, which=which) if mb.any() else float("nan")
+        v = (masked_ssim(x, y, mb, data_range, workers=workers, which=which, uncropped_if_empty=True)
+             if mb.any() else float("nan"))
         values.append(float(np.clip(v, 0.0, 1.0)))
         if level < len(MS_WEIGHTS) - 1:
             x, y, m = _downsample(x), _downsample(y), _downsample(m)

@@ -10,10 +10,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from medtrans.fsutil import write_text  # noqa: E402
+from medtrans.fsutil import write_text
 
 MAX_CASE_FIGURES = 3  # best and worst few of a large cohort
 

@@ -86,7 +86,7 @@ def load_bundle(path: str | Path) -> Bundle:
         raise DatasetError("model.pt is missing", path=folder)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for corrupt files
+    except Exception as exc:
         raise DatasetError(f"model.pt cannot be loaded: {exc}", path=weights) from None
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     model = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})

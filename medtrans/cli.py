@@ -101,7 +101,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this global step (the LR schedule's horizon stays train.max_steps).")] = None,  # noqa: UP045,E501
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this global step (the LR schedule's horizon stays train.max_steps).")] = None,  # noqa: UP045
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop (with a checkpoint) after this many minutes.")] = None,  # noqa: UP045
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.pt.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -193,12 +193,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("medtrans: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except typer.Abort:
+        sys.exit(1)
+    except typer.TyperException as exc:  # usage errors (unknown option, bad value) from typer's parser
+        if hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        else:
+            print(f"medtrans: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -117,7 +117,7 @@ def convert_cohort(model: str | Path, input_path: str | Path, out: str | Path, *
                                         bundle_info=bundle.info))
         except MedtransError as exc:
             results.append({"case": case.name, "status": "failed", "error": str(exc)})
-        except Exception as exc:  # noqa: BLE001 - one bad case must not stop the cohort
+        except Exception as exc:
             results.append({"case": case.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                             "traceback": traceback.format_exc(limit=4)})
     return results

@@ -100,8 +100,7 @@ def read_volume(
         vol = Volume(image=_sitk_read(path, "image"), source=path)
     else:
         vol = _read_single_dicom(path)
-    if not allow_nan:
-        _reject_nan(vol)
+    _check_content(vol, allow_nan=allow_nan)
     return vol
 
 
@@ -152,12 +151,24 @@ def _itk_reason(exc: Exception) -> str:
     return (lines[-1] if lines else str(exc))[:300]
 
 
-def _reject_nan(vol: Volume) -> None:
-    if vol.image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        arr = sitk.GetArrayViewFromImage(vol.image)
-        n = int(np.isnan(arr).sum())
-        if n:
-            raise InputError(f"contains {n} NaN voxel(s); fix or mask them before use", path=vol.source)
+def _check_content(vol: Volume, *, allow_nan: bool) -> None:
+    n = 0
+    if vol.source.is_file() and vol.source.name.lower().endswith((".nii", ".nii.gz")):
+        # SimpleITK's NIfTI reader silently turns NaN into 0 and zero-fills truncated data, so ask
+        # nibabel what the file really holds
+        import nibabel as nib
+
+        try:
+            img = nib.load(vol.source)
+            data = np.asanyarray(img.dataobj)
+        except Exception as exc:  # noqa: BLE001 - nibabel raises several types for damaged files
+            raise InputError(f"is a damaged NIfTI file: {exc}", path=vol.source) from None
+        if np.issubdtype(data.dtype, np.floating):
+            n = int(np.isnan(data).sum())
+    elif vol.image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        n = int(np.isnan(sitk.GetArrayViewFromImage(vol.image)).sum())
+    if n and not allow_nan:
+        raise InputError(f"contains {n} NaN voxel(s); fix or mask them before use", path=vol.source)
 
 
 def _read_single_dicom(path: Path) -> Volume:
@@ -194,8 +205,8 @@ def scan_dicom(folder: Path, *, recursive: bool = False) -> dict[str, DicomSerie
         except (InvalidDicomError, OSError, ValueError, EOFError):
             continue
         uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        if not uid:
-            continue
+        if not uid:  # de-identification sometimes blanks the UID: group by what is left
+            uid = f"no-uid:{getattr(ds, 'Modality', '') or '?'}:{getattr(ds, 'SeriesDescription', '') or '?'}"
         info = series.setdefault(
             uid, DicomSeriesInfo(uid, str(getattr(ds, "Modality", "") or ""),
                                  str(getattr(ds, "SeriesDescription", "") or ""))

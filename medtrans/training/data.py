@@ -48,7 +48,7 @@ class SliceBank:
 
     def to(self, device: torch.device) -> SliceBank:
         pin = device.type == "cuda"
-        move = (lambda t: t.pin_memory().to(device, non_blocking=True)) if pin else (lambda t: t.to(device))  # noqa: E731
+        move = (lambda t: t.pin_memory().to(device, non_blocking=True)) if pin else (lambda t: t.to(device))
         return SliceBank(move(self.mr), move(self.ct), move(self.mask), self.neighbours.to(device),
                          self.centre.to(device), self.cases)
 

@@ -103,8 +103,10 @@ def test_phantom_mr_cannot_tell_bone_from_air(tmp_path):
     mr = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mr.nii.gz"))).astype(float)
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ct.nii.gz")))
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nii.gz"))) > 0
-    bone, air = mr[mask & (ct > 1000)], mr[~mask]
-    assert abs(np.median(bone) - np.median(air)) < 0.1 * np.percentile(mr[mask], 99)
+    bone, air, soft = mr[mask & (ct > 1000)], mr[~mask], mr[mask & (np.abs(ct) < 60)]
+    # cortical bone is nearly as dark as air (thin shells pick up some partial volume), unlike soft tissue
+    assert abs(np.median(bone) - np.median(air)) < 0.2 * np.percentile(mr[mask], 99)
+    assert np.median(bone) < 0.5 * np.median(soft)
 
 
 def test_default_yaml_matches_dataclasses():
