@@ -161,7 +161,7 @@ def _check_content(vol: Volume, *, allow_nan: bool) -> None:
         try:
             img = nib.load(vol.source)
             data = np.asanyarray(img.dataobj)
-        except Exception as exc:  # noqa: BLE001 - nibabel raises several types for damaged files
+        except Exception as exc:
             raise InputError(f"is a damaged NIfTI file: {exc}", path=vol.source) from None
         if np.issubdtype(data.dtype, np.floating):
             n = int(np.isnan(data).sum())

@@ -84,7 +84,9 @@ def test_modes_beat_constant_hu(prepared, tmp_path, gan):
     from evaluation.baselines import constant_hu
     from evaluation.metrics import compute_metrics
 
-    cfg = load_config(None, overrides=[*TINY, f"train.gan_weight={gan}", "train.val_every=400"])
+    stronger = ["model.channels=[16,32,64,128]", "model.strides=[2,2,2]", "model.num_res_units=2",
+                "model.head_features=16", "train.batch_size=8", "train.crop_size=96"]
+    cfg = load_config(None, overrides=[*TINY, *stronger, f"train.gan_weight={gan}", "train.val_every=400"])
     result = train(prepared, tmp_path / "run", cfg, device="cpu", progress=False)
     manifest = json.loads((prepared / "manifest.json").read_text())
     read = lambda n, f: sitk.GetArrayFromImage(sitk.ReadImage(str(prepared / n / f))).astype(np.float32)  # noqa: E731
@@ -100,7 +102,8 @@ def test_modes_beat_constant_hu(prepared, tmp_path, gan):
 def test_ddp_two_ranks_identical(prepared, tmp_path):
     env = {**os.environ, "MEDTRANS_DDP_BACKEND": "gloo", "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-            str(ROOT / "tests" / "medtrans" / "ddp_worker.py"), str(prepared), str(tmp_path / "run")]
+            str(ROOT / "tests" / "test_medtrans" / "ddp_worker.py"), str(prepared), str(tmp_path / "run"),
+            json.dumps(TINY)]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

@@ -1,0 +1,124 @@
+"""Training-step slices/s: medtrans (default config) vs a pix2pix reference loop, same device, same run.
+
+The reference is the pix2pix paper's setup written here: unet_256 generator (4x4 convolutions, BatchNorm,
+8 down/up levels), 70x70 PatchGAN, batch 1, fp32, Adam, 256x256. Random data: the step only.
+Usage: python benchmarks/train_throughput.py [--quick] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from monai.losses import PatchAdversarialLoss
+from torch import nn
+
+from medtrans.config import load_config
+from medtrans.inference import pick_device
+from medtrans.models import Discriminator, Generator
+from medtrans.training.trainer import masked_l1
+
+
+def down(i, o, norm=True):
+    return nn.Sequential(nn.Conv2d(i, o, 4, 2, 1, bias=not norm), *( [nn.BatchNorm2d(o)] if norm else []),
+                         nn.LeakyReLU(0.2))
+
+
+class RefUNet256(nn.Module):
+    def __init__(self):
+        super().__init__()
+        ch = [64, 128, 256, 512, 512, 512, 512, 512]
+        self.downs = nn.ModuleList([down(1 if i == 0 else ch[i - 1], c, norm=0 < i < 7) for i, c in enumerate(ch)])
+        self.ups = nn.ModuleList()
+        for i in range(7, 0, -1):
+            cin = ch[i] if i == 7 else ch[i] * 2
+            self.ups.append(nn.Sequential(nn.ConvTranspose2d(cin, ch[i - 1], 4, 2, 1, bias=False),
+                                          nn.BatchNorm2d(ch[i - 1]), nn.ReLU()))
+        self.last = nn.Sequential(nn.ConvTranspose2d(ch[0] * 2, 1, 4, 2, 1), nn.Tanh())
+
+    def forward(self, x):
+        skips = []
+        for d in self.downs:
+            x = d(x)
+            skips.append(x)
+        for i, u in enumerate(self.ups):
+            x = u(x if i == 0 else torch.cat([x, skips[-1 - i]], 1))
+        return self.last(torch.cat([x, skips[0]], 1))
+
+
+def ref_disc():
+    return nn.Sequential(nn.Conv2d(2, 64, 4, 2, 1), nn.LeakyReLU(0.2), down(64, 128), down(128, 256),
+                         nn.Conv2d(256, 512, 4, 1, 1, bias=False), nn.BatchNorm2d(512), nn.LeakyReLU(0.2),
+                         nn.Conv2d(512, 1, 4, 1, 1))
+
+
+def step_fn(g, d, og, od, adv, amp, dev):
+    def step(mr, ct, mk):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            fake = g(mr)
+            od.zero_grad(set_to_none=True)
+            logits = d(torch.cat([torch.cat([mr[:, :1], ct], 1), torch.cat([mr[:, :1], fake.detach()], 1)])).float()
+            r, f = logits.chunk(2)
+            (0.5 * (adv(r, True, True) + adv(f, False, True))).backward()
+        od.step()
+        og.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = 100 * masked_l1(fake.float(), ct, mk) + adv(d(torch.cat([mr[:, :1], fake], 1)).float(), True, False)
+        loss.backward()
+        og.step()
+    return step
+
+
+def measure(step, batch, k, size, dev, n):
+    mr = torch.randn(batch, k, size, size, device=dev)
+    ct = torch.rand(batch, 1, size, size, device=dev) * 2 - 1
+    mk = torch.ones_like(ct)
+    step(mr, ct, mk)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        step(mr, ct, mk)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return n * batch / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="few steps (CI-friendly on CPU)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=int, default=None, help="medtrans batch (default: train.batch_size, 64 on GPU)")
+    a = ap.parse_args()
+    dev = pick_device(a.device)
+    cfg = load_config(None)
+    n = 2 if a.quick else (10 if dev.type == "cpu" else 50)
+    adv = PatchAdversarialLoss(criterion="least_squares")
+    g, d = RefUNet256().to(dev), ref_disc().to(dev)
+    ref = measure(step_fn(g, d, torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999)),
+                          torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999)), adv, False, dev),
+                  1, 1, 256, dev, n)
+    batch = a.batch or (64 if dev.type == "cuda" else cfg.train.batch_size)
+    gm = Generator(cfg.model).to(dev)
+    dm = Discriminator(cfg.model).to(dev)
+    amp = dev.type == "cuda"
+    if amp:
+        gm, dm = gm.to(memory_format=torch.channels_last), dm.to(memory_format=torch.channels_last)
+
+    def d_call(x):
+        return dm(x[:, :-1].repeat(1, cfg.model.context_slices, 1, 1), x[:, -1:])
+
+    fused = dev.type == "cuda"
+    ours = measure(step_fn(lambda x: gm(x.repeat(1, 1, 1, 1)), d_call,
+                           torch.optim.Adam(gm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused),
+                           torch.optim.Adam(dm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused), adv, amp, dev),
+                   batch, cfg.model.context_slices, 256, dev, n)
+    print(f"device {dev}; 256x256 slices; {n} timed steps each")
+    print(f"reference pix2pix (unet_256 + PatchGAN, batch 1, fp32): {ref:.1f} slices/s")
+    print(f"medtrans default config (batch {batch}{', bf16 + channels_last' if amp else ''}): {ours:.1f} slices/s")
+    print(f"ratio: {ours / ref:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
