@@ -36,11 +36,6 @@ from medtrans.io import read_volume, write_volume
 SLICE_FILES = ("mr_slices.npy", "ct_slices.npy", "mask_slices.npy")
 
 
-def mr_spec(cfg: Config) -> MRNormalization:
-    """The MR normalization a config asks for (shared with the model bundle)."""
-    return MRNormalization(method=cfg.prepare.mr_norm, percentile=cfg.prepare.mr_percentile, n4=cfg.prepare.n4)
-
-
 def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
     hashes = {role: sha256_of(src.path)
               for role in ("mr", "ct", "mask") if (src := getattr(case, role)) is not None}
@@ -82,7 +77,7 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
         raise InputError("the body mask came out empty; is the MR blank?", path=case.mr.path)
     ct_arr = sitk.GetArrayFromImage(ct_reg).astype(np.float32)
     overlap = dice(ct_arr > BODY_HU, mr_foreground(sitk.GetArrayFromImage(mr).astype(np.float32)))
-    spec = mr_spec(cfg)
+    spec = MRNormalization.from_prepare(cfg.prepare)
     mr_norm, mr_stats = normalize_mr(mr, spec)
     ct_norm = sitk.GetImageFromArray(normalize_ct(ct_arr))
     ct_norm.CopyInformation(mr)
@@ -191,6 +186,9 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
     """
     out = Path(out)
     cases = discover(input_path)
+    for case in cases:  # PREP/<case>/mr.nii.gz must never land on an input file
+        if (out / case.name).resolve() == case.folder.resolve():
+            raise InputError("--out would write into the input case folders; choose a separate folder", path=out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = cfg.to_dict()
     workers = max(1, min(workers, len(cases)))

@@ -11,21 +11,13 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from evaluation.metrics import PROTOCOLS, compute_metrics
+from medtrans.cohort import find_role_file
 from medtrans.errors import GeometryError, InputError, MedtransError
 from medtrans.fsutil import atomic_path, sanitize_name, write_json
 from medtrans.geometry import require_same_grid
-from medtrans.io import VOLUME_SUFFIXES, read_volume
+from medtrans.io import read_volume
 
 CT_NAMES = ("ct", "ct_registered")
-
-
-def _find(folder: Path, stems: tuple[str, ...]) -> Path | None:
-    for stem in stems:
-        for suffix in VOLUME_SUFFIXES:
-            p = folder / f"{stem}{suffix}"
-            if p.is_file():
-                return p
-    return None
 
 
 def pair_cases(pred: Path, ref: Path) -> list[dict[str, Any]]:
@@ -34,11 +26,11 @@ def pair_cases(pred: Path, ref: Path) -> list[dict[str, Any]]:
         raise InputError("reference cohort folder does not exist", path=ref)
     pairs = []
     for d in sorted(p for p in ref.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        ct = _find(d, CT_NAMES)
+        ct = find_role_file(d, *CT_NAMES)
         if ct is None:
             continue
-        pairs.append({"case": sanitize_name(d.name), "ct": ct, "mask": _find(d, ("mask",)), "mr": _find(d, ("mr",)),
-                      "sct": _find(pred / sanitize_name(d.name), ("sct",))})
+        pairs.append({"case": sanitize_name(d.name), "ct": ct, "mask": find_role_file(d, "mask"), "mr": find_role_file(d, "mr"),
+                      "sct": find_role_file(pred / sanitize_name(d.name), "sct")})
     if not pairs:
         raise InputError("holds no case folders with a ct (or ct_registered) image", path=ref)
     return pairs
@@ -106,21 +98,18 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
     pairs = pair_cases(pred, ref)
     ssim_col = "ssim" if PROTOCOLS[protocol].ssim == "ssim" else "ms_ssim"
     columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone"]
-    rows, problems, figures_data = [], [], {}
+    rows, problems = [], []
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
         if pair["sct"] is None:
             problems.append({"case": pair["case"], "problem": "no sCT found in the predictions folder"})
             continue
         try:
-            data = load_pair(pair, resample=resample)
-            if np.isnan(data["sct"]).any():
-                raise InputError("sCT contains NaN voxels", path=pair["sct"])
+            data = load_pair(pair, resample=resample)  # read_volume rejects NaN voxels
             metrics = compute_metrics(data["ct"], data["sct"], data["mask"], protocol=protocol)
         except (MedtransError, GeometryError, ValueError) as exc:
             problems.append({"case": pair["case"], "problem": str(exc)})
             continue
         rows.append({"case": pair["case"], **metrics})
-        figures_data[pair["case"]] = data
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["case", *columns])
@@ -133,7 +122,10 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
     if report:
         from evaluation.report import write_report
 
-        write_report(out / "report.html", rows=rows, summary=summary, columns=columns, data=figures_data)
+        by_case = {p["case"]: p for p in pairs}
+        # volumes are re-read only for the few cases the report draws: memory stays bounded for any cohort size
+        write_report(out / "report.html", rows=rows, summary=summary, columns=columns,
+                     load=lambda case: load_pair(by_case[case], resample=resample))
     return summary
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -95,8 +96,12 @@ def _fmt(v: Any) -> str:
 
 
 def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[str],
-                 data: dict[str, dict[str, Any]]) -> None:
-    """Render ``report.html``: summary, per-case table, metric plots, and figures of the best/worst cases."""
+                 load: Callable[[str], dict[str, Any]]) -> None:
+    """Render ``report.html``: summary, per-case table, metric plots, and figures of the best/worst cases.
+
+    Args:
+        load: returns a case's arrays (``ct``, ``sct``, ``mask``, ``spacing``, optional ``mr``) for its figures.
+    """
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>medtrans evaluation report</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}"
@@ -132,7 +137,7 @@ def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], c
         chosen = ranked if len(ranked) <= 2 * MAX_CASE_FIGURES else ranked[:MAX_CASE_FIGURES] + ranked[-MAX_CASE_FIGURES:]
         parts.append("<h2 id='figures'>Cases (best and worst by MAE)</h2>")
         for r in chosen:
-            d = data[r["case"]]
+            d = load(r["case"])
             parts.append(f"<h3 class='case'>{html.escape(r['case'])} — MAE {r['mae']:.1f} HU</h3>"
                          f"<img alt='montage {html.escape(r['case'])}' src='{_montage(d)}'>"
                          f"<img alt='histograms {html.escape(r['case'])}' src='{_histograms(d)}'>")

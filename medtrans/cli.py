@@ -126,7 +126,7 @@ def convert(
     out: Annotated[Path, typer.Option(help="Output folder.")],
     format: Annotated[OutFormat, typer.Option("--format", help="Output format.")] = OutFormat.nifti,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=0, help="Slices per forward pass (0 = auto: 2 on CPU, 32 on CUDA).")] = 0,
     shard: Annotated[Optional[str], typer.Option(help="i/n: convert every n-th case from i (job arrays).")] = None,  # noqa: UP045
     overwrite: Annotated[bool, typer.Option(help="Redo finished cases.")] = False,
     tta: Annotated[bool, typer.Option(help="Average with the left-right flipped prediction.")] = False,

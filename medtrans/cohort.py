@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medtrans.errors import DicomSeriesError, InputError
 from medtrans.fsutil import sanitize_name
-from medtrans.io import VOLUME_SUFFIXES, scan_dicom
+from medtrans.io import VOLUME_SUFFIXES, DicomSeriesInfo, scan_dicom
 
 
 @dataclass(frozen=True)
@@ -39,22 +39,17 @@ class Case:
     errors: list[str] = field(default_factory=list)
 
 
-def _role_file(folder: Path, role: str) -> Path | None:
-    for suffix in VOLUME_SUFFIXES:
-        p = folder / f"{role}{suffix}"
-        if p.is_file():
-            return p
+def find_role_file(folder: Path, *stems: str) -> Path | None:
+    """The first ``<stem><suffix>`` volume file in ``folder`` (stems in order, then :data:`VOLUME_SUFFIXES`)."""
+    for stem in stems:
+        for suffix in VOLUME_SUFFIXES:
+            p = folder / f"{stem}{suffix}"
+            if p.is_file():
+                return p
     return None
 
 
-def _looks_like_case(folder: Path) -> bool:
-    if any(_role_file(folder, r) for r in ("mr", "ct")) or (folder / "mr").is_dir() or (folder / "ct").is_dir():
-        return True
-    return bool(scan_dicom(folder, recursive=True))
-
-
-def _dicom_sources(folder: Path, case: Case) -> None:
-    series = scan_dicom(folder, recursive=True)
+def _dicom_sources(series: dict[str, DicomSeriesInfo], folder: Path, case: Case) -> None:
     for role, modality in (("mr", "MR"), ("ct", "CT")):
         if getattr(case, role) is not None:
             continue
@@ -70,15 +65,22 @@ def _dicom_sources(folder: Path, case: Case) -> None:
                 setattr(case, role, Source(parents.pop(), found[0].series_uid))
 
 
-def case_from_folder(folder: Path) -> Case:
-    """Read one case folder (SynthRAD names first, then DICOM series by modality)."""
+def case_from_folder(folder: Path) -> Case | None:
+    """Read one case folder (SynthRAD names first, then DICOM series by modality).
+
+    Returns None for a folder that holds no MR/CT file, no ``mr``/``ct`` folder and no DICOM: not a case.
+    """
     case = Case(name=sanitize_name(folder.name), folder=folder)
     for role in ("mr", "ct", "mask"):
-        f = _role_file(folder, role)
+        f = find_role_file(folder, role)
         if f is not None:
             setattr(case, role, Source(f))
     if case.mr is None or case.ct is None:
-        _dicom_sources(folder, case)
+        series = scan_dicom(folder, recursive=True)  # one header scan per case folder
+        named = case.mr or case.ct or (folder / "mr").is_dir() or (folder / "ct").is_dir()
+        if not series and not named:
+            return None
+        _dicom_sources(series, folder, case)
     if case.mr is None and not case.errors:
         case.errors.append(f"no MR found in {folder} (expected mr.nii.gz, mr.mha, mr.nrrd or an MR DICOM series)")
     return case
@@ -102,14 +104,14 @@ def discover(path: str | Path) -> list[Case]:
     direct = scan_dicom(path)
     if direct:  # a DICOM series folder itself
         case = Case(name=sanitize_name(path.name), folder=path)
-        _dicom_sources(path, case)
+        _dicom_sources(direct, path, case)
         if case.mr is None and not case.errors:
             raise DicomSeriesError("holds DICOM but no MR series", path=path)
         return [case]
-    if _role_file(path, "mr") or _role_file(path, "ct") or (path / "mr").is_dir():
+    if find_role_file(path, "mr", "ct") or (path / "mr").is_dir():
         return [case_from_folder(path)]
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
-    cases = [case_from_folder(d) for d in subdirs if _looks_like_case(d)]
+    cases = [c for d in subdirs if (c := case_from_folder(d)) is not None]
     if not cases:
         raise InputError("holds no cases (no case folders with mr/ct images or DICOM series)", path=path)
     names = [c.name for c in cases]

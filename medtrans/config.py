@@ -81,19 +81,10 @@ class TrainConfig:
 
 
 @dataclass
-class InferenceConfig:
-    """Whole-volume inference, shared by convert and validation."""
-
-    batch_size: int = 32  #: slices per forward pass
-    tta_flip: bool = False  #: average with the left-right flipped prediction
-
-
-@dataclass
 class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -95,7 +95,7 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_hash:
 
 
 def convert_cohort(model: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "nifti",
-                   device: str = "auto", batch_size: int = 32, shard: str | None = None, overwrite: bool = False,
+                   device: str = "auto", batch_size: int = 0, shard: str | None = None, overwrite: bool = False,
                    tta: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Convert every case under ``input_path``; failures are recorded and the others go on."""
     if fmt not in FORMATS:

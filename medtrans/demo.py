@@ -44,9 +44,10 @@ def _lookup_baseline(prep: Path, manifest: dict[str, Any], out: Path, spec) -> N
 def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[str] | None = None,
              device: str = "auto", cases: int = DEMO_CASES, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out`` (replaced if it holds an earlier demo) and return the two summaries."""
-    from data_prep.pipeline import mr_spec, prepare_cohort, summary_table
+    from data_prep.pipeline import prepare_cohort, summary_table
     from evaluation.evaluate import evaluate, one_line
     from medtrans.convert import convert_cohort
+    from medtrans.intensity import MRNormalization
     from medtrans.phantom import make_cohort
     from medtrans.training.trainer import train
 
@@ -75,7 +76,7 @@ def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[st
         (out / "test_mr" / name).mkdir()
         shutil.copy(out / "prep" / name / "mr.nii.gz", out / "test_mr" / name / "mr.nii.gz")
     convert_cohort(out / "run", out / "test_mr", out / "sct", device=device, progress=progress)
-    _lookup_baseline(out / "prep", manifest, out / "baseline_sct", mr_spec(cfg))
+    _lookup_baseline(out / "prep", manifest, out / "baseline_sct", MRNormalization.from_prepare(cfg.prepare))
     say("[5/5] evaluate")
     ref = out / "test_ref"
     ref.mkdir()

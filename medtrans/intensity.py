@@ -46,6 +46,11 @@ class MRNormalization:
     n4: bool = False
 
     @classmethod
+    def from_prepare(cls, prepare: Any) -> MRNormalization:
+        """The mapping a :class:`medtrans.config.PrepareConfig` asks for (prepare, training and the bundle share it)."""
+        return cls(method=prepare.mr_norm, percentile=prepare.mr_percentile, n4=prepare.n4)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MRNormalization:
         return cls(method=d["method"], percentile=float(d["percentile"]), n4=bool(d["n4"]))
 

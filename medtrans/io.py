@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from medtrans.errors import DicomSeriesError, InputError
 from medtrans.fsutil import atomic_path
-from medtrans.geometry import geometry_of
+from medtrans.geometry import geometry_of, orientation_code
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -124,9 +124,7 @@ def volume_info(vol: Volume) -> dict[str, Any]:
     info["dtype"] = str(arr.dtype)
     info["min"] = float(arr.min())
     info["max"] = float(arr.max())
-    info["orientation"] = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
-        vol.image.GetDirection()
-    )
+    info["orientation"] = orientation_code(vol.image)
     return info
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 import medtrans
 from medtrans.bundle import save_bundle
 from medtrans.config import Config, load_config
-from medtrans.errors import DatasetError, MedtransError
+from medtrans.errors import MedtransError
 from medtrans.fsutil import atomic_path, write_json, write_text
 from medtrans.inference import Predictor, pick_device
 from medtrans.intensity import MRNormalization
@@ -95,10 +95,6 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def _unwrap(m: torch.nn.Module) -> torch.nn.Module:
-    return m.module if hasattr(m, "module") else m
-
-
 def train(
     prep: str | Path,
     out: str | Path,
@@ -155,12 +151,8 @@ def train(
     val_cases = manifest["split"].get("val", [])
     stream = BatchStream(bank, batch_size=cfg.train.batch_size, crop=cfg.train.crop_size, flip=cfg.train.flip,
                          seed=seed, rank=rank, world=world)
-    norms = {json.dumps(r["normalization"]["mr"].get("method")) for r in manifest["cases"] if r["status"] == "ok"}
-    if len(norms) != 1:
-        raise DatasetError("cases were prepared with different MR normalizations", path=prep)
-    spec = MRNormalization(method=manifest["config"]["prepare"]["mr_norm"],
-                           percentile=manifest["config"]["prepare"]["mr_percentile"],
-                           n4=manifest["config"]["prepare"]["n4"])
+    # every case of a manifest was prepared with the manifest's config (a config change re-prepares all cases)
+    spec = MRNormalization.from_prepare(load_config(None, base=manifest["config"]).prepare)
 
     torch.manual_seed(seed)
     gen = Generator(cfg.model).to(dev)
@@ -207,7 +199,7 @@ def train(
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.dump())
         write_json(out / "environment.json", _environment(dev, world))
-    predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev, batch_size=32)
+    predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev)
     amp = cfg.train.amp and dev.type == "cuda"
     t_start = time.perf_counter()
     bar = tqdm(total=stop, initial=start, desc="train", unit="step", disable=not (progress and is_main))

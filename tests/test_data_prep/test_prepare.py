@@ -15,6 +15,7 @@ from conftest import SHARED, TINY
 
 from data_prep.pipeline import patient_split, prepare_cohort
 from medtrans.config import load_config
+from medtrans.errors import InputError
 from medtrans.phantom import make_case, truth_transform
 
 
@@ -85,6 +86,9 @@ def test_bad_cases_are_reported_and_others_complete(tmp_path, aligned_cohort):
     r = subprocess.run([sys.executable, "-m", "medtrans", "prepare", "--input", str(cohort), "--out",
                         str(tmp_path / "prep"), "--config", "demo"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "FAILED" in r.stdout
+    with pytest.raises(InputError, match="input case folders"):
+        prepare_cohort(cohort, cohort, load_config(None, overrides=TINY), progress=False)
+    assert before == {p: p.read_bytes() for p in cohort.rglob("*") if p.is_file()}, "inputs were modified"
 
 
 def test_rerun_skips_unchanged_cases(aligned_cohort, tmp_path):
