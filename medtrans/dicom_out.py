@@ -16,6 +16,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import DSfloat
 
 import medtrans
 from medtrans.fsutil import atomic_dir
@@ -24,8 +25,15 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_RESCALE_INTERCEPT = -1024.0
 
+#: Attributes a derived series copies from its source so that it joins the same patient, study and frame of
+#: reference. PatientPosition (HFS, FFS, ...) describes the same acquisition, so it is carried over as well.
+LINK_ATTRIBUTES = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID", "PatientPosition",
+)
 
-def new_link(*, patient_id: str = "ANON", patient_name: str = "ANONYMOUS") -> dict[str, Any]:
+
+def new_link(*, patient_id: str = "ANON", patient_name: str = "ANONYMOUS^") -> dict[str, Any]:
     """Fresh, self-consistent patient/study/frame-of-reference attributes (for input without DICOM)."""
     now = _dt.datetime.now()
     return {
@@ -40,6 +48,7 @@ def new_link(*, patient_id: str = "ANON", patient_name: str = "ANONYMOUS") -> di
         "AccessionNumber": "",
         "ReferringPhysicianName": "",
         "FrameOfReferenceUID": generate_uid(),
+        "PatientPosition": "",  # unknown without a DICOM source: Type 2, so present and empty
     }
 
 
@@ -103,15 +112,18 @@ def write_dicom_series(
             ds.SeriesDescription = series_description[:64]
             ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
             ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-            ds.ImageType = ["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY", "AXIAL"]
+            # value 3 is required by both IODs: AXIAL (a transverse stack) for CT, OTHER for MR
+            ds.ImageType = [*(["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY"]),
+                            "AXIAL" if modality == "CT" else "OTHER"]
+            ds.Laterality = ""  # Type 2C: the body part is not known here, and empty means "unknown"
             ds.InstanceNumber = k + 1
             ds.AcquisitionNumber = 1
-            ds.ImagePositionPatient = [float(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
-            ds.ImageOrientationPatient = [float(v) for v in iop]
-            ds.PixelSpacing = [float(sy), float(sx)]  # row spacing (between rows), then column spacing
-            ds.SliceThickness = float(sz)
-            ds.SpacingBetweenSlices = float(sz)
-            ds.SliceLocation = float(np.dot(ds.ImagePositionPatient, np.cross(d[:, 0], d[:, 1])))
+            position = image.TransformIndexToPhysicalPoint((0, 0, k))
+            ds.ImagePositionPatient = _ds(position)
+            ds.ImageOrientationPatient = _ds(iop)
+            ds.PixelSpacing = _ds((sy, sx))  # row spacing (between rows), then column spacing
+            ds.SliceThickness = ds.SpacingBetweenSlices = _ds(sz)
+            ds.SliceLocation = _ds(np.dot(position, np.cross(d[:, 0], d[:, 1])))
             ds.SamplesPerPixel = 1
             ds.PhotometricInterpretation = "MONOCHROME2"
             ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
@@ -141,6 +153,17 @@ def write_dicom_series(
     return written
 
 
+def _ds(value: Any) -> Any:
+    """Decimal String value(s) within the VR's 16 characters (a plain float repr can need 20).
+
+    pydicom's auto-format keeps as many significant digits as fit (about 1e-12 mm here), so geometry
+    read back agrees with the grid far below any tolerance a reader applies.
+    """
+    if np.ndim(value):
+        return [DSfloat(float(v), auto_format=True) for v in value]
+    return DSfloat(float(value), auto_format=True)
+
+
 def _base_dataset(sop_class: str, link: dict[str, Any]) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -153,8 +176,7 @@ def _base_dataset(sop_class: str, link: dict[str, Any]) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
-    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-                "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID"):
+    for key in LINK_ATTRIBUTES:
         setattr(ds, key, link.get(key, ""))
     ds.PositionReferenceIndicator = ""
     ds.Manufacturer = "medtrans"

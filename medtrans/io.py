@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from medtrans.dicom_out import LINK_ATTRIBUTES
 from medtrans.errors import DicomSeriesError, InputError
 from medtrans.fsutil import atomic_path
 from medtrans.geometry import geometry_of, orientation_code
@@ -33,12 +34,6 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
 #: DICOM attributes that tie a derived series to its source; carried in memory, never logged.
-LINK_ATTRIBUTES = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID",
-)
-
-
 @dataclass
 class DicomSeriesInfo:
     """What the header scan learned about one series (no patient identifiers are kept here)."""
