@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/medtrans demo --out medtrans_demo
 
 test: setup
-	$(BIN)/ruff check medtrans data_prep evaluation tests benchmarks
+	$(BIN)/ruff check medtrans data_prep evaluation tests benchmarks docs
 	$(BIN)/python -m pytest -q
 
 clean:

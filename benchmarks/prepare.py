@@ -6,19 +6,17 @@ Usage: python benchmarks/prepare.py
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import SimpleITK as sitk
+from shared_data import available_patients, make_pseudo_pair
 
 from data_prep.pipeline import prepare_cohort
 from medtrans.config import load_config
 from medtrans.phantom import make_cohort
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def plain_rigid(mr: sitk.Image, ct: sitk.Image) -> None:
@@ -41,12 +39,10 @@ def plain_rigid(mr: sitk.Image, ct: sitk.Image) -> None:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     cohort = tmp / "cohort"
-    tool = SHARED / "tools" / "pseudo_pairs.py"
-    cts = sorted((SHARED / "data" / "tcga_hnsc_ct_downsampled").glob("*.nii.gz"))
-    if tool.exists() and cts:
-        for i, ct in enumerate(cts):
-            subprocess.run([sys.executable, str(tool), "--ct", str(ct), "--hu-offset", "1024", "--seed", str(i),
-                            "--out", str(cohort / f"pp{i}"), "--truth", str(tmp / "truth" / f"pp{i}")], check=True)
+    patients = [p for p in available_patients() if p[0].startswith("tcga")]
+    if patients:
+        for i, (name, ct, offset) in enumerate(patients):
+            make_pseudo_pair(ct, offset, i, cohort / name, tmp / "truth" / name)
         kind = "pseudo-pairs (real CT, simulated MR) from ../shared"
     else:
         make_cohort(cohort, cases=3, seed=0)
@@ -59,11 +55,17 @@ def main() -> None:
     t = time.perf_counter()
     prepare_cohort(cohort, tmp / "prep", load_config(None), progress=False)
     t_ours = (time.perf_counter() - t) / len(cases)
+    t = time.perf_counter()
+    prepare_cohort(cohort, tmp / "prep_workers", load_config(None), workers=0, progress=False)
+    t_workers = (time.perf_counter() - t) / len(cases)
     size = sitk.ReadImage(str(cases[0] / "mr.nii.gz")).GetSize()
-    print(f"{len(cases)} cases, {kind}; first MR grid {size}")
-    print(f"plain SimpleITK rigid MI registration only: {t_plain:.2f} s/case")
-    print(f"medtrans prepare (register, resample, mask, normalize, slices, write): {t_ours:.2f} s/case")
-    print(f"ratio (prepare / plain registration): {t_ours / t_plain:.2f}")
+    print(f"{len(cases)} cases, {kind}; first MR grid {size}; {os.cpu_count()} CPU cores")
+    print(f"plain SimpleITK rigid MI registration only (all threads): {t_plain:.2f} s/case")
+    print(f"medtrans prepare, 1 worker (register single-threaded for reproducibility, resample, mask, normalize, "
+          f"slices, write): {t_ours:.2f} s/case")
+    print(f"medtrans prepare, --workers 0 (one per core): {t_workers:.2f} s/case")
+    print(f"ratio (prepare 1 worker / plain registration): {t_ours / t_plain:.2f}; "
+          f"(prepare --workers 0 / plain registration): {t_workers / t_plain:.2f}")
 
 
 if __name__ == "__main__":

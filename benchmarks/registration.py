@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from shared_data import available_patients, make_pseudo_pair
 
 from data_prep.masks import body_mask
 from data_prep.registration import register_ct_to_mr
 from medtrans.config import load_config
 from medtrans.phantom import make_cohort, truth_transform
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SOURCES = [  # (name, CT path under shared/data, HU offset, seeds)
-    ("TCGA-HNSC 0001", "tcga_hnsc_ct_downsampled/0001.nii.gz", 1024, (0, 1)),
-    ("TCGA-HNSC 0002", "tcga_hnsc_ct_downsampled/0002.nii.gz", 1024, (0, 1)),
-    ("elastix lung CT", "elastix_lung_ct/3DCT_lung_baseline_small.mha", 0, (0,)),
-    ("TotalSegmentator CT", "totalsegmentator_examples/example_ct_sm.nii.gz", 0, (0,)),
+SOURCES = [  # (patient, seeds)
+    ("tcga0001", (0, 1)),
+    ("tcga0002", (0, 1)),
+    ("lung", (0,)),
+    ("totalseg", (0,)),
 ]
 
 
@@ -53,16 +51,16 @@ def main() -> None:
     cfg = load_config(None).prepare
     tmp = Path(tempfile.mkdtemp())
     cases = []  # (label, mr, ct, truth transform, mask on the MR grid)
-    tool = SHARED / "tools" / "pseudo_pairs.py"
-    for name, rel, offset, seeds in SOURCES:
-        src = SHARED / "data" / rel
-        if not (tool.exists() and src.exists()):
-            print(f"skipped {name}: {src} or {tool} absent")
+    patients = {name: (src, offset) for name, src, offset in available_patients()}
+    if not patients:
+        print("no pseudo-pairs: ../shared (real CTs and tools/pseudo_pairs.py) is absent")
+    for name, seeds in SOURCES:
+        if name not in patients:
             continue
+        src, offset = patients[name]
         for seed in seeds:
-            case, truth = tmp / f"{rel.replace('/', '_')}_{seed}", tmp / f"truth_{rel.replace('/', '_')}_{seed}"
-            subprocess.run([sys.executable, str(tool), "--ct", str(src), "--hu-offset", str(offset), "--seed",
-                            str(seed), "--out", str(case), "--truth", str(truth)], check=True)
+            case, truth = tmp / f"{name}_{seed}", tmp / f"truth_{name}_{seed}"
+            make_pseudo_pair(src, offset, seed, case, truth)
             cases.append((f"{name}, seed {seed}", case / "mr.nii.gz", case / "ct.nii.gz",
                           euler_from(json.loads((truth / "truth.json").read_text())["transform"]),
                           sitk.ReadImage(str(truth / "mask_on_mr_grid.nii.gz"))))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 import traceback
@@ -28,7 +29,7 @@ from data_prep.slices import extract_slices
 from medtrans.cohort import Case, discover
 from medtrans.config import Config
 from medtrans.errors import InputError, MedtransError
-from medtrans.fsutil import atomic_path, sha256_of, write_json
+from medtrans.fsutil import atomic_path, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of, same_grid
 from medtrans.intensity import MRNormalization, mr_foreground, normalize_ct, normalize_mr
 from medtrans.io import read_volume, write_volume
@@ -83,9 +84,11 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
     ct_norm.CopyInformation(mr)
     stack = extract_slices(mr_norm, ct_norm, mask, size=tuple(cfg.prepare.slice_size),
                            mr_background=mr_stats["background"])
-    keep = np.where(stack.body_fraction >= cfg.prepare.min_body_fraction)[0]
-    if keep.size == 0:
-        raise InputError(f"no slice has at least {cfg.prepare.min_body_fraction:.0%} body", path=case.folder)
+    # relative to the case's largest body section, so that resolution and field of view do not matter
+    largest = float(stack.body_fraction.max())
+    if largest == 0.0:
+        raise InputError("no slice contains any body (empty mask inside the slice window)", path=case.folder)
+    keep = np.where(stack.body_fraction >= cfg.prepare.min_body_fraction * largest)[0]
     timings["mask_normalize_slice"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -146,6 +149,7 @@ def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
         except (json.JSONDecodeError, OSError):
             pass
     try:
+        sweep_stale_temps(case_dir)  # left by a run killed mid-write
         rec = prepare_case(case, case_dir, cfg)
     except MedtransError as exc:
         return {"case": case.name, "status": "failed", "error": str(exc)}
@@ -181,6 +185,13 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
                    progress: bool = True) -> dict[str, Any]:
     """Prepare every case under ``input_path`` into ``out`` and write ``out/manifest.json``.
 
+    Args:
+        input_path: cohort folder, or one case folder.
+        out: prepared dataset folder (never one of the input case folders).
+        cfg: resolved configuration.
+        workers: case processes; 0 = one per CPU core (at most one per case). Results do not depend on it.
+        progress: show a progress bar.
+
     Returns:
         The manifest (``cases``: one record per case, ``failed`` listing the failures).
     """
@@ -191,7 +202,7 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
             raise InputError("--out would write into the input case folders; choose a separate folder", path=out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_dict = cfg.to_dict()
-    workers = max(1, min(workers, len(cases)))
+    workers = max(1, min(workers if workers > 0 else (os.cpu_count() or 1), len(cases)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     records: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=len(cases), desc="prepare", unit="case", disable=not progress)
@@ -200,7 +211,8 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
             records[case.name] = run_case(case, out, cfg)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: the caller may hold threads (torch, SimpleITK) that a forked child would inherit locked
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(_worker, (c, str(out), cfg_dict, threads)): c for c in cases}
             for fut in as_completed(futures):
                 rec = fut.result()

@@ -49,7 +49,7 @@ PROTOCOLS = {
     "synthrad2023": Protocol("synthrad2023", (-1024.0, 3000.0), False, "ssim"),
     "synthrad2025": Protocol("synthrad2025", (-1024.0, 3071.0), True, "ms_ssim"),
 }
-TISSUES = {"air": (-np.inf, -200.0), "soft": (-200.0, 200.0), "bone": (200.0, np.inf)}
+TISSUES = {"air": (-np.inf, -200.0), "soft": (-200.0, 300.0), "bone": (300.0, np.inf)}
 
 
 def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:

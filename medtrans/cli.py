@@ -80,7 +80,7 @@ def prepare(
     out: Annotated[Path, typer.Option(help="Prepared dataset folder.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    workers: Annotated[int, typer.Option(min=1, help="Parallel case processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="Parallel case processes; 0 = one per CPU core.")] = 0,
 ) -> None:
     """Register, mask, normalize and slice a cohort into a paired training dataset."""
     from data_prep.pipeline import prepare_cohort, summary_table

@@ -32,12 +32,13 @@ class PrepareConfig:
     registration_iterations: int = 200  #: optimizer iterations per resolution level
     registration_shrink: list[int] = field(default_factory=lambda: [4, 2, 1])  #: multi-resolution pyramid
     registration_seed: int = 42  #: sampling seed, so that preparation is deterministic
+    registration_threads: int = 1  #: SimpleITK threads in registration; 1 is bit-reproducible, 0 uses all cores
     bspline_mesh: int = 4  #: control-point mesh size per axis of the optional B-spline stage
     n4: bool = False  #: N4 bias-field correction of the MR before normalization (slower)
     mr_norm: str = "percentile"  #: percentile (0 -> -1, high percentile -> 1) | zscore
     mr_percentile: float = 99.5  #: upper percentile of the MR foreground mapped to 1
     slice_size: list[int] = field(default_factory=lambda: [256, 256])  #: in-plane size [rows, cols] kept
-    min_body_fraction: float = 0.05  #: slices with less body than this fraction are not used for training
+    min_body_fraction: float = 0.1  #: slices whose body area is below this fraction of the case's largest are dropped
     split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  #: train/val/test, by patient
     split_seed: int = 0  #: seed of the patient-level split
     qa_min_dice: float = 0.85  #: QA flags a case whose CT-body vs MR-foreground Dice is below this
@@ -70,8 +71,9 @@ class TrainConfig:
     l1_weight: float = 100.0  #: lambda of the L1 term
     gan_weight: float = 1.0  #: weight of the adversarial term; 0 trains a pure regression UNet
     gan_loss: str = "least_squares"  #: least_squares | bce | hinge
-    masked_l1: bool = True  #: L1 only inside the body mask
+    masked_l1: bool = True  #: L1 weighted 1 inside the body mask, 0.1 outside
     flip: bool = True  #: random left-right flips
+    bias_field: float = 0.0  #: MR augmentation: random smooth multiplicative field, coefficients up to this (0 = off)
     val_every: int = 250  #: steps between validations on whole validation volumes
     checkpoint_every: int = 250  #: steps between checkpoints (also written at the end)
     amp: bool = True  #: bf16 autocast on CUDA (ignored on CPU)

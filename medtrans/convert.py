@@ -22,7 +22,7 @@ from medtrans.bundle import load_bundle
 from medtrans.cohort import Case, discover
 from medtrans.dicom_out import new_link, write_dicom_series
 from medtrans.errors import InputError, MedtransError
-from medtrans.fsutil import write_json
+from medtrans.fsutil import sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
 from medtrans.inference import pick_device, predictor_from_bundle
 from medtrans.io import read_volume, write_volume
@@ -65,6 +65,7 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_hash:
     sct_int = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 32767).astype(np.int16))
     sct_int.CopyInformation(vol.image)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out_dir)  # left by a run killed mid-write
     linked = False
     if fmt == "dicom":
         link = vol.dicom_link if vol.dicom_link and vol.dicom_link.get("StudyInstanceUID") else None

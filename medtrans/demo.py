@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 
 from medtrans.config import load_config
@@ -21,24 +20,13 @@ DEMO_CASES = 6
 
 def _lookup_baseline(prep: Path, manifest: dict[str, Any], out: Path, spec) -> None:
     """Write the lookup baseline's sCT for the test cases into ``out/<case>/sct.nii.gz``."""
-    from evaluation.baselines import IntensityLookup
-    from medtrans.intensity import normalize_mr
+    from evaluation.baselines import fit_baselines, lookup_sct
     from medtrans.io import write_volume
 
-    def arrays(name: str):
-        mr = sitk.ReadImage(str(prep / name / "mr.nii.gz"))
-        mr_n = sitk.GetArrayFromImage(normalize_mr(mr, spec)[0])
-        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(prep / name / "ct_registered.nii.gz"))).astype(np.float32)
-        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(prep / name / "mask.nii.gz")))
-        return mr, mr_n, ct, mask
-
-    train = [arrays(n) for n in manifest["split"]["train"]]
-    lut = IntensityLookup.fit([t[1] for t in train], [t[2] for t in train], [t[3] for t in train])
+    lookup, _ = fit_baselines(prep, manifest["split"]["train"], spec)
     for name in manifest["split"]["test"]:
-        mr, mr_n, _, _ = arrays(name)
-        img = sitk.GetImageFromArray(lut.predict(mr_n))
-        img.CopyInformation(mr)
-        write_volume(img, out / name / "sct.nii.gz")
+        write_volume(lookup_sct(lookup, sitk.ReadImage(str(prep / name / "mr.nii.gz")), spec),
+                     out / name / "sct.nii.gz")
 
 
 def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[str] | None = None,
@@ -63,7 +51,7 @@ def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[st
     say(f"[1/5] phantom cohort: {cases} synthetic subjects (raw export, CT misaligned) -> {out / 'cohort'}")
     make_cohort(out / "cohort", cases=cases, seed=0, aligned=False)
     say("[2/5] prepare: register CT to MR, masks, normalization, slices")
-    manifest = prepare_cohort(out / "cohort", out / "prep", cfg, progress=progress)
+    manifest = prepare_cohort(out / "cohort", out / "prep", cfg, workers=0, progress=progress)
     say(summary_table(manifest))
     if manifest["failed"]:
         raise MedtransError(f"demo preparation failed for {len(manifest['failed'])} case(s)")

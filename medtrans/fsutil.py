@@ -64,6 +64,25 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+_STALE_TEMP = re.compile(r"^\..+\.tmp(\.|$)")
+
+
+def sweep_stale_temps(folder: str | Path) -> list[str]:
+    """Remove what killed atomic writes left in ``folder`` (hidden ``.<name>.<random>.tmp*`` files or folders).
+
+    Call it only on an output folder this process is about to (re)write: the names are the ones
+    :func:`atomic_path` and :func:`atomic_dir` create, never a user's file.
+    """
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if _STALE_TEMP.match(entry.name):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                removed.append(entry.name)
+    return removed
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (sorted keys are not forced: insertion order is kept for readability)."""
     with atomic_path(path) as tmp:

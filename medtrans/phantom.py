@@ -211,6 +211,14 @@ def make_case(
     return truth
 
 
+def tissue_labels(seed: int) -> np.ndarray:
+    """Tissue labels (indices into ``TISSUES``) of subject ``seed`` on its MR grid, as a (z, y, x) array."""
+    rng = np.random.default_rng(seed)
+    s = Subject.sample(rng)  # the same draws, in the same order, as make_case
+    mr_ref = _grid(MR_GRID["size"], MR_GRID["spacing"], rng)
+    return labels_at(_physical_points(mr_ref), s).reshape(mr_ref.GetSize()[::-1])
+
+
 def make_cohort(out: str | Path, *, cases: int, seed: int = 0, aligned: bool = False, fmt: str = "nifti") -> list[Path]:
     """Write ``cases`` phantom subjects ``out/phantom_000`` ... and return their folders."""
     if fmt not in ("nifti", "mha", "dicom"):

@@ -3,6 +3,11 @@
 Batch ``s`` is a pure function of (seed, rank, world size, step): the order comes from
 :class:`torch.utils.data.DistributedSampler` epochs and the augmentation from a generator seeded by the
 step. Resuming at any step therefore reproduces the data stream exactly, with no loader state to save.
+
+Crops are drawn over the body, not over the whole padded slice: the crop's origin is uniform over the
+positions that keep it within the slice's body bounding box widened by a margin of a quarter crop
+(or that contain the whole body extent along an axis where the body is smaller than the crop). With
+prepared slices padded well beyond the body, uniform crops would spend much of the compute on air.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class SliceBank:
     mask: torch.Tensor  # (N, H, W) uint8
     neighbours: torch.Tensor  # (M, k) int64: rows of ``mr`` forming each sample's 2.5D stack
     centre: torch.Tensor  # (M,) int64: the centre slice of each sample
+    box: torch.Tensor  # (M, 4) int64: body bounding box of the centre slice (row min, row max, col min, col max)
     cases: list[str]
 
     @property
@@ -50,7 +56,7 @@ class SliceBank:
         pin = device.type == "cuda"
         move = (lambda t: t.pin_memory().to(device, non_blocking=True)) if pin else (lambda t: t.to(device))
         return SliceBank(move(self.mr), move(self.ct), move(self.mask), self.neighbours.to(device),
-                         self.centre.to(device), self.cases)
+                         self.centre.to(device), self.box.to(device), self.cases)
 
 
 def load_bank(prep: str | Path, manifest: dict[str, Any], split: str, context: int) -> SliceBank:
@@ -83,19 +89,35 @@ def load_bank(prep: str | Path, manifest: dict[str, Any], split: str, context: i
         offset += mr.shape[0]
     if not names or offset == 0:
         raise DatasetError(f"the prepared dataset has no '{split}' cases", path=prep)
+    all_masks, all_centres = np.concatenate(masks), np.concatenate(centres)
     return SliceBank(
         torch.from_numpy(np.concatenate(mrs)), torch.from_numpy(np.concatenate(cts)),
-        torch.from_numpy(np.concatenate(masks)), torch.from_numpy(np.concatenate(nbrs)),
-        torch.from_numpy(np.concatenate(centres)), list(names),
+        torch.from_numpy(all_masks), torch.from_numpy(np.concatenate(nbrs)),
+        torch.from_numpy(all_centres), torch.from_numpy(body_boxes(all_masks[all_centres])), list(names),
     )
+
+
+def body_boxes(masks: np.ndarray) -> np.ndarray:
+    """(row min, row max, col min, col max) of each (H, W) mask's body; the whole slice where a mask is empty."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    h, w = masks.shape[1:]
+
+    def extent(hit: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        first = np.where(hit.any(axis=1), hit.argmax(axis=1), 0)
+        last = np.where(hit.any(axis=1), n - 1 - hit[:, ::-1].argmax(axis=1), n - 1)
+        return first, last
+
+    (r0, r1), (c0, c1) = extent(rows, h), extent(cols, w)
+    return np.stack([r0, r1, c0, c1], axis=1).astype(np.int64)
 
 
 class BatchStream:
     """Deterministic batches for one rank: ``batch(step)`` needs no state beyond the step number."""
 
     def __init__(self, bank: SliceBank, *, batch_size: int, crop: int, flip: bool, seed: int, rank: int,
-                 world: int) -> None:
+                 world: int, bias_field: float = 0.0) -> None:
         self.bank, self.batch_size, self.crop, self.flip = bank, batch_size, crop, flip
+        self.bias_field = bias_field
         self.seed, self.rank, self.world = seed, rank, world
         self._sampler = DistributedSampler(range(bank.num_samples), num_replicas=world, rank=rank, shuffle=True,
                                            seed=seed, drop_last=False)
@@ -125,8 +147,10 @@ class BatchStream:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
         b, c = idx.numel(), self.crop
         h, w = bank.mr.shape[1:]
-        r0 = torch.randint(0, h - c + 1, (b,), generator=g).to(dev)
-        c0 = torch.randint(0, w - c + 1, (b,), generator=g).to(dev)
+        u = torch.rand(2, b, generator=g, dtype=torch.float64).to(dev)
+        box = bank.box[idx]
+        r0 = _crop_origin(box[:, 0], box[:, 1], c, h, u[0])
+        c0 = _crop_origin(box[:, 2], box[:, 3], c, w, u[1])
         flips = (torch.rand(b, generator=g) < 0.5).to(dev) if self.flip else torch.zeros(b, dtype=torch.bool,
                                                                                          device=dev)
         rows = (r0[:, None] + torch.arange(c, device=dev)[None])[:, :, None]  # (B, c, 1)
@@ -137,4 +161,26 @@ class BatchStream:
         mr = bank.mr[nb[:, :, None, None], rows[:, None], cols[:, None]]  # (B, k, c, c)
         ct = bank.ct[centre[:, None, None], rows, cols][:, None]
         mk = bank.mask[centre[:, None, None], rows, cols][:, None]
-        return mr.float(), ct.float(), mk.float()
+        mr = mr.float()
+        if self.bias_field > 0:
+            coef = (torch.rand(b, 5, generator=g) * 2 - 1).mul_(self.bias_field).to(dev)
+            mr = (mr + 1.0) * _bias_fields(coef, c) - 1.0  # MR signal 0 is -1 once normalized
+        return mr, ct.float(), mk.float()
+
+
+def _crop_origin(first: torch.Tensor, last: torch.Tensor, crop: int, size: int, u: torch.Tensor) -> torch.Tensor:
+    """Crop origins uniform over the placements that stay on the body extent [first, last] (plus a margin)."""
+    margin = crop // 4
+    lo = torch.clamp(first - margin, 0, size - crop)
+    hi = torch.clamp(last + 1 + margin - crop, 0, size - crop)
+    lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    return lo + torch.floor(u * (hi - lo + 1).double()).long().clamp(max=hi - lo)
+
+
+def _bias_fields(coef: torch.Tensor, size: int) -> torch.Tensor:
+    """Smooth multiplicative fields exp(a x + b y + c xy + d x^2 + e y^2) over a crop, one per row of ``coef``."""
+    t = torch.linspace(-1.0, 1.0, size, device=coef.device)
+    y, x = t[:, None], t[None, :]
+    basis = torch.stack([x.expand(size, size), y.expand(size, size), x * y, (x * x).expand(size, size),
+                         (y * y).expand(size, size)])  # (5, c, c)
+    return torch.exp(torch.einsum("bk,khw->bhw", coef, basis))[:, None]  # (B, 1, c, c), shared by the k slices

@@ -150,7 +150,7 @@ def train(
     bank = load_bank(prep, manifest, "train", k).to(dev)
     val_cases = manifest["split"].get("val", [])
     stream = BatchStream(bank, batch_size=cfg.train.batch_size, crop=cfg.train.crop_size, flip=cfg.train.flip,
-                         seed=seed, rank=rank, world=world)
+                         seed=seed, rank=rank, world=world, bias_field=cfg.train.bias_field)
     # every case of a manifest was prepared with the manifest's config (a config change re-prepares all cases)
     spec = MRNormalization.from_prepare(load_config(None, base=manifest["config"]).prepare)
 

@@ -47,6 +47,43 @@ def test_prepare_misaligned_phantoms_recovers_transform(raw_cohort, tmp_path):
         assert arr.shape[1:] == (128, 128) and arr.dtype == np.float16
     split = manifest["split"]
     assert sorted(split["train"] + split["val"] + split["test"]) == sorted(r["case"] for r in manifest["cases"])
+    # two worker processes (the CLI's path) give bit-identical results: registration is single-threaded per case
+    cli = subprocess.run([sys.executable, "-m", "medtrans", "prepare", "--input", str(raw_cohort), "--out",
+                          str(tmp_path / "prep2"), "--workers", "2", *[x for o in TINY for x in ("--set", o)]],
+                         capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    again = json.loads((tmp_path / "prep2" / "manifest.json").read_text())
+    assert again["split"] == manifest["split"]
+    for rec in manifest["cases"]:
+        a, b = tmp_path / "prep" / rec["case"], tmp_path / "prep2" / rec["case"]
+        assert sitk.ReadTransform(str(a / "ct_to_mr.tfm")).GetParameters() == \
+            sitk.ReadTransform(str(b / "ct_to_mr.tfm")).GetParameters()
+        for name in ("ct_slices.npy", "mr_slices.npy", "mask_slices.npy"):
+            np.testing.assert_array_equal(np.load(a / name), np.load(b / name), err_msg=f"{rec['case']}/{name}")
+
+
+def test_n4_removes_a_smooth_bias_field(tmp_path):
+    from scipy import ndimage
+
+    from medtrans.intensity import MRNormalization, n4_correct, normalize_mr
+    from medtrans.phantom import TISSUES, tissue_labels
+
+    make_case(tmp_path / "c", seed=7, aligned=True)
+    mr = sitk.Cast(sitk.ReadImage(str(tmp_path / "c" / "mr.nii.gz")), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(mr)  # the phantom already carries a mild bias field
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in arr.shape], indexing="ij")
+    field = np.exp(0.35 * x + 0.25 * z - 0.2 * y).astype(np.float32)  # a further ~2x across the head
+    biased = sitk.GetImageFromArray(arr * field)
+    biased.CopyInformation(mr)
+    white = ndimage.binary_erosion(tissue_labels(7) == list(TISSUES).index("white"))
+
+    def cv(a: np.ndarray) -> float:  # one tissue should be one intensity: its coefficient of variation
+        return float(np.std(a[white]) / np.mean(a[white]))
+
+    corrected = sitk.GetArrayFromImage(n4_correct(biased))
+    assert cv(corrected) < 0.5 * cv(arr * field) and cv(corrected) < cv(arr), (cv(arr * field), cv(corrected))
+    normalized, _ = normalize_mr(biased, MRNormalization(n4=True))
+    assert normalized.GetSize() == mr.GetSize() and np.isfinite(sitk.GetArrayFromImage(normalized)).all()
 
 
 def test_prepare_dicom_cohort(tmp_path):

@@ -144,6 +144,7 @@ def test_batch_corrupt_case_kill_rerun_and_determinism(tiny_run, prepared, tmp_p
     again = {r["case"]: r["status"] for r in convert_cohort(tiny_run, cohort, tmp_path / "out", device="cpu",
                                                             progress=False)}
     assert again == {"a": "skipped", "b": "failed", "c": "ok"}
+    assert [p.name for p in (tmp_path / "out" / "c").iterdir() if p.name.startswith(".")] == []  # temp swept
     cli = subprocess.run([sys.executable, "-m", "medtrans", "convert", "--model", str(tiny_run), "--input",
                           str(cohort), "--out", str(tmp_path / "out"), "--device", "cpu"],
                          capture_output=True, text=True, timeout=600)

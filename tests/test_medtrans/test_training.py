@@ -43,6 +43,41 @@ def _final_weights(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["generator"]
 
 
+
+def test_crops_fall_on_the_body():
+    from medtrans.training.data import BatchStream, SliceBank, body_boxes
+
+    n, size, crop = 6, 128, 32
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):  # a small body in a different place on each slice; slice 5 has a body wider than the crop
+        r, c = 10 + 15 * i, 90 - 12 * i
+        masks[i, r:r + 12, c:c + (50 if i == 5 else 10)] = 1
+    masks[0] = 0  # an empty slice: crops anywhere
+    mr = torch.from_numpy((2.0 * masks - 1).astype(np.float16))  # normalized MR: body 1, background -1
+    bank = SliceBank(mr, mr.clone(), torch.from_numpy(masks), torch.arange(n)[:, None], torch.arange(n),
+                     torch.from_numpy(body_boxes(masks)), ["x"])
+    assert body_boxes(masks)[1].tolist() == [25, 36, 78, 87]
+    stream = BatchStream(bank, batch_size=n, crop=crop, flip=False, seed=0, rank=0, world=1)
+    origins = set()
+    for step in range(30):
+        _, _, mk = stream.batch(step)
+        assert mk.shape == (n, 1, crop, crop)
+        idx = stream._indices(step)
+        body = mk[idx != 0].flatten(1).sum(1)
+        assert (body > 0).all(), "a crop missed the body"
+        origins.add(tuple(mk[idx == 5].flatten().tolist()))
+    assert len(origins) > 3  # still random: a body wider than the crop is covered at several positions
+    # bias-field augmentation: multiplicative on the MR signal (background stays at -1), a function of the step
+    aug = BatchStream(bank, batch_size=n, crop=crop, flip=False, seed=0, rank=0, world=1, bias_field=0.3)
+    plain_mr, _, _ = stream.batch(3)
+    mr1, _, _ = aug.batch(3)
+    mr2, _, _ = aug.batch(3)
+    assert torch.equal(mr1, mr2)
+    ratio = (mr1[plain_mr > 0] + 1) / (plain_mr[plain_mr > 0] + 1)
+    assert ratio.min() > 0.2 and ratio.max() < 4.5 and (ratio - 1).abs().max() > 0.05
+    assert torch.equal(mr1[plain_mr == -1], plain_mr[plain_mr == -1])
+
+
 @pytest.mark.parametrize("gan", [0.0, 1.0])
 def test_resume_is_bit_exact(prepared, tmp_path, gan):
     cfg = load_config(None, overrides=[*TINY, f"train.gan_weight={gan}", "train.max_steps=40"])
