@@ -52,7 +52,7 @@ class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  #: UNet features per level
     strides: list[int] = field(default_factory=lambda: [2, 2, 2])  #: UNet down-sampling strides
     num_res_units: int = 2  #: residual units per UNet block
-    norm: str = "instance"  #: instance | batch
+    norm: str = "batch"  #: batch | instance (batch: whole-slice inference sees the statistics training saw)
     head_features: int = 16  #: UNet output features fed to the 1x1 convolution head
     disc_channels: int = 64  #: PatchDiscriminator base features
     disc_layers: int = 3  #: PatchDiscriminator layers (3 gives a 70x70 receptive field)
@@ -69,11 +69,11 @@ class TrainConfig:
     max_steps: int = 3000
     decay_from: float = 0.5  #: fraction of max_steps after which the learning rate decays linearly to 0
     l1_weight: float = 100.0  #: lambda of the L1 term
-    gan_weight: float = 1.0  #: weight of the adversarial term; 0 trains a pure regression UNet
+    gan_weight: float = 0.0  #: weight of the PatchGAN term (pix2pix: 1); 0 trains a pure regression UNet
     gan_loss: str = "least_squares"  #: least_squares | bce | hinge
     masked_l1: bool = True  #: L1 weighted 1 inside the body mask, 0.1 outside
     flip: bool = True  #: random left-right flips
-    bias_field: float = 0.0  #: MR augmentation: random smooth multiplicative field, coefficients up to this (0 = off)
+    bias_field: float = 0.2  #: MR augmentation: random smooth multiplicative field, coefficients up to this (0 = off)
     val_every: int = 250  #: steps between validations on whole validation volumes
     checkpoint_every: int = 250  #: steps between checkpoints (also written at the end)
     amp: bool = True  #: bf16 autocast on CUDA (ignored on CPU)

@@ -286,6 +286,11 @@ def train(
         ) from None
     finally:
         bar.close()
+    if world > 1:
+        # DDP keeps parameters identical; batch-norm running statistics are broadcast from rank 0 at each
+        # forward, so after the last step every rank takes rank 0's (the ones rank 0 saves in the bundle)
+        for buffer in gen.buffers():
+            dist.broadcast(buffer, src=0)
     result = {"step": step + 1 if stop > start else start, "best_val_mae": best_mae, "best_step": best_step}
     if is_main:
         best_file = out / "checkpoints" / "best.pt"
