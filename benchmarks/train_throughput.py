@@ -100,24 +100,34 @@ def main() -> None:
                           torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999)), adv, False, dev),
                   1, 1, 256, dev, n)
     batch = a.batch or (64 if dev.type == "cuda" else cfg.train.batch_size)
-    gm = Generator(cfg.model).to(dev)
-    dm = Discriminator(cfg.model).to(dev)
     amp = dev.type == "cuda"
-    if amp:
-        gm, dm = gm.to(memory_format=torch.channels_last), dm.to(memory_format=torch.channels_last)
-
-    def d_call(x):
-        return dm(x[:, :-1].repeat(1, cfg.model.context_slices, 1, 1), x[:, -1:])
-
     fused = dev.type == "cuda"
-    ours = measure(step_fn(lambda x: gm(x.repeat(1, 1, 1, 1)), d_call,
-                           torch.optim.Adam(gm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused),
-                           torch.optim.Adam(dm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused), adv, amp, dev),
-                   batch, cfg.model.context_slices, 256, dev, n)
+    fmt = torch.channels_last if amp else torch.contiguous_format
+    results = {}
+    for label, gan in (("default config (U-Net, L1)", False), ("pix2pix mode (U-Net + PatchGAN, --config pix2pix)", True)):
+        gm = Generator(cfg.model).to(dev, memory_format=fmt)
+        og = torch.optim.Adam(gm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused)
+        if gan:
+            dm = Discriminator(cfg.model).to(dev, memory_format=fmt)
+
+            def d_call(x, dm=dm):
+                return dm(x[:, :-1].repeat(1, cfg.model.context_slices, 1, 1), x[:, -1:])
+
+            step = step_fn(gm, d_call, og, torch.optim.Adam(dm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused),
+                           adv, amp, dev)
+        else:
+            def step(mr, ct, mk, gm=gm, og=og):
+                og.zero_grad(set_to_none=True)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = 100 * masked_l1(gm(mr).float(), ct, mk)
+                loss.backward()
+                og.step()
+        results[label] = measure(step, batch, cfg.model.context_slices, 256, dev, n)
     print(f"device {dev}; 256x256 slices; {n} timed steps each")
     print(f"reference pix2pix (unet_256 + PatchGAN, batch 1, fp32): {ref:.1f} slices/s")
-    print(f"medtrans default config (batch {batch}{', bf16 + channels_last' if amp else ''}): {ours:.1f} slices/s")
-    print(f"ratio: {ours / ref:.2f}x")
+    for label, rate in results.items():
+        print(f"medtrans {label}, batch {batch}{', bf16 + channels_last' if amp else ''}: {rate:.1f} slices/s "
+              f"-> {rate / ref:.2f}x the reference")
 
 
 if __name__ == "__main__":

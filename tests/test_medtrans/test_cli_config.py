@@ -128,4 +128,5 @@ def test_config_keys_are_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
     for section, values in Config().to_dict().items():
         for key in values:
-            assert f"`{section}.{key}`" in doc, f"{section}.{key} missing from docs/config.md"
+            assert f"| `{section}.{key}` | `{values[key]}` |" in doc, \
+                f"{section}.{key} (default {values[key]}) missing from docs/config.md or its default is stale"
