@@ -36,7 +36,6 @@ from medtrans.convert import convert_cohort
 from medtrans.fsutil import write_json
 from medtrans.inference import pick_device
 from medtrans.intensity import MRNormalization
-from medtrans.training.data import load_manifest
 from medtrans.training.trainer import train
 
 METRICS = ("mae", "psnr", "ssim", "mae_bone")
@@ -123,7 +122,7 @@ def main() -> None:
     # 4. convert the held-out MRs as a user would (raw MR in, sCT on its grid out), with and without flip TTA
     results: dict[str, list[dict[str, float]]] = {"model": [], "model + flip TTA": [], "constant HU": [],
                                                    "MR-intensity lookup": []}
-    spec = MRNormalization.from_prepare(load_config(None, base=load_manifest(out / "prep")["config"]).prepare)
+    spec = MRNormalization.from_prepare(cfg.prepare)  # what prepare normalized the training pairs with
     lookup, constant = fit_baselines(out / "prep", train_cases, spec)
     t_convert = 0.0
     for case in test:
@@ -131,7 +130,8 @@ def main() -> None:
             dest = out / ("sct_tta" if tta else "sct")
             t = time.perf_counter()
             rec = convert_cohort(run, cohort / case, dest, device=device, tta=tta, overwrite=True, progress=False)[0]
-            t_convert += time.perf_counter() - t if not tta else 0.0
+            if not tta:
+                t_convert += time.perf_counter() - t
             if rec["status"] != "ok":
                 raise SystemExit(f"convert failed: {rec}")
             sct = sitk.GetArrayFromImage(sitk.ReadImage(str(dest / case / "sct.nii.gz")))

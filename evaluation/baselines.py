@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medtrans.intensity import MRNormalization, normalize_mr
+
 
 @dataclass
 class IntensityLookup:
@@ -38,33 +40,29 @@ def constant_hu(ct_hu: list[np.ndarray], masks: list[np.ndarray]) -> float:
     return float(np.median(np.concatenate([c[k > 0] for c, k in zip(ct_hu, masks, strict=True)])))
 
 
-def prepared_arrays(prep: str | Path, case: str, spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def prepared_arrays(prep: str | Path, case: str, spec: MRNormalization) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(normalized MR, CT in HU, mask) of one prepared case, as the network's training pairs see them."""
-    from medtrans.intensity import normalize_mr
-
     folder = Path(prep) / case
     mr_n = sitk.GetArrayFromImage(normalize_mr(sitk.ReadImage(str(folder / "mr.nii.gz")), spec)[0])
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "ct_registered.nii.gz"))).astype(np.float32)
     return mr_n, ct, sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask.nii.gz")))
 
 
-def fit_baselines(prep: str | Path, cases: Iterable[str], spec) -> tuple[IntensityLookup, float]:
+def fit_baselines(prep: str | Path, cases: Iterable[str], spec: MRNormalization) -> tuple[IntensityLookup, float]:
     """Fit the MR-intensity lookup and the constant HU on prepared training cases.
 
     Args:
         prep: a prepared dataset folder.
         cases: the training cases (never the cases scored).
-        spec: the :class:`medtrans.intensity.MRNormalization` of the dataset.
+        spec: the MR normalization of the dataset.
     """
     data = [prepared_arrays(prep, c, spec) for c in cases]
     mr, ct, mask = ([d[i] for d in data] for i in range(3))
     return IntensityLookup.fit(mr, ct, mask), constant_hu(ct, mask)
 
 
-def lookup_sct(lookup: IntensityLookup, mr: sitk.Image, spec) -> sitk.Image:
+def lookup_sct(lookup: IntensityLookup, mr: sitk.Image, spec: MRNormalization) -> sitk.Image:
     """The lookup's synthetic CT (HU, float32) for an MR as read, on the MR's grid."""
-    from medtrans.intensity import normalize_mr
-
     out = sitk.GetImageFromArray(lookup.predict(sitk.GetArrayFromImage(normalize_mr(mr, spec)[0])))
     out.CopyInformation(mr)
     return out

@@ -26,7 +26,7 @@ MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_RESCALE_INTERCEPT = -1024.0
 
 #: Attributes a derived series copies from its source so that it joins the same patient, study and frame of
-#: reference. PatientPosition (HFS, FFS, ...) describes the same acquisition, so it is carried over as well.
+#: reference (carried in memory, never logged). PatientPosition (HFS, FFS, ...) describes the same acquisition.
 LINK_ATTRIBUTES = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
     "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID", "PatientPosition",

@@ -33,7 +33,6 @@ from medtrans.geometry import geometry_of, orientation_code
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 
-#: DICOM attributes that tie a derived series to its source; carried in memory, never logged.
 @dataclass
 class DicomSeriesInfo:
     """What the header scan learned about one series (no patient identifiers are kept here)."""

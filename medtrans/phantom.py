@@ -171,9 +171,7 @@ def make_case(
         fmt: ``'nifti'``, ``'mha'`` or ``'dicom'``.
         case_name: used for the DICOM PatientID of the synthetic subject.
     """
-    rng = np.random.default_rng(seed)
-    s = Subject.sample(rng)
-    mr_ref = _grid(MR_GRID["size"], MR_GRID["spacing"], rng)
+    rng, s, mr_ref = _subject(seed)
     mr_pts = _physical_points(mr_ref)
     mr = _mr_image(mr_ref, mr_pts, s, rng)
     truth: dict[str, object] = {"seed": seed, "aligned": aligned, "synthetic_phantom": True}
@@ -211,11 +209,16 @@ def make_case(
     return truth
 
 
+def _subject(seed: int) -> tuple[np.random.Generator, Subject, sitk.Image]:
+    """The first draws of subject ``seed``: its anatomy and MR grid (and the generator, for what follows)."""
+    rng = np.random.default_rng(seed)
+    s = Subject.sample(rng)
+    return rng, s, _grid(MR_GRID["size"], MR_GRID["spacing"], rng)
+
+
 def tissue_labels(seed: int) -> np.ndarray:
     """Tissue labels (indices into ``TISSUES``) of subject ``seed`` on its MR grid, as a (z, y, x) array."""
-    rng = np.random.default_rng(seed)
-    s = Subject.sample(rng)  # the same draws, in the same order, as make_case
-    mr_ref = _grid(MR_GRID["size"], MR_GRID["spacing"], rng)
+    _, s, mr_ref = _subject(seed)
     return labels_at(_physical_points(mr_ref), s).reshape(mr_ref.GetSize()[::-1])
 
 
