@@ -11,8 +11,8 @@ import tracemalloc
 
 import numpy as np
 
-from evaluation import reference as ref
-from evaluation.metrics import compute_metrics
+from medtrans.evaluation import reference as ref
+from medtrans.evaluation.metrics import compute_metrics
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import SimpleITK as sitk
 from shared_data import available_patients, make_pseudo_pair
 
-from data_prep.pipeline import prepare_cohort
 from medtrans.config import load_config
+from medtrans.data_prep.pipeline import prepare_cohort
 from medtrans.phantom import make_cohort
 
 

@@ -5,7 +5,7 @@ gain, grid and misalignment) make that patient's cases. One patient is held out 
 others train. The whole pipeline runs: prepare (registration included), train the config for a fixed
 wall-time budget, convert the held-out MRs, and score them against the ground-truth CT on the MR grid
 (pseudo_pairs' ``--truth``, independent of our registration) inside the true body mask, with the
-SynthRAD2023 metrics and bone MAE (true HU > 300). The two baselines are fitted on the same training
+SynthRAD2023 metrics and bone MAE (true HU ≥ 300). The two baselines are fitted on the same training
 patients in the same run. THE MR IS SIMULATED: these figures are not results on real paired data.
 
 Usage:
@@ -28,11 +28,11 @@ import SimpleITK as sitk
 import torch
 from shared_data import available_patients, make_pseudo_pair
 
-from data_prep.pipeline import prepare_cohort
-from evaluation.baselines import fit_baselines, lookup_sct
-from evaluation.metrics import compute_metrics
 from medtrans.config import load_config
 from medtrans.convert import convert_cohort
+from medtrans.data_prep.pipeline import prepare_cohort
+from medtrans.evaluation.baselines import fit_baselines, lookup_sct
+from medtrans.evaluation.metrics import compute_metrics
 from medtrans.fsutil import write_json
 from medtrans.inference import pick_device
 from medtrans.intensity import MRNormalization

@@ -18,9 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 from shared_data import available_patients, make_pseudo_pair
 
-from data_prep.masks import body_mask
-from data_prep.registration import register_ct_to_mr
 from medtrans.config import load_config
+from medtrans.data_prep.masks import body_mask
+from medtrans.data_prep.registration import register_ct_to_mr
 from medtrans.phantom import make_cohort, truth_transform
 
 SOURCES = [  # (patient, seeds)

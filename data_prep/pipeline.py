@@ -3,7 +3,8 @@
 Per case: read, register CT to MR, resample, body mask, normalize (the shared functions of
 :mod:`medtrans.intensity`), cut slices, and write ``PREP/<case>/`` atomically; ``record.json`` is written
 last and marks the case complete. ``PREP/manifest.json`` gathers every record, the resolved config and
-the patient-level split. A case whose inputs and config are unchanged is skipped on rerun.
+the patient-level split. A case whose inputs and config are unchanged is skipped on rerun; any other is
+redone, and the table says why.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,18 +26,28 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 import medtrans
-from data_prep.masks import body_mask, dice
-from data_prep.registration import BODY_HU, register_ct_to_mr, resample_ct
-from data_prep.slices import extract_slices
 from medtrans.cohort import Case, discover
 from medtrans.config import Config
+from medtrans.data_prep.masks import body_mask, dice
+from medtrans.data_prep.registration import BODY_HU, register_ct_to_mr, resample_ct
+from medtrans.data_prep.slices import extract_slices
 from medtrans.errors import InputError, MedtransError
-from medtrans.fsutil import atomic_path, sha256_of, sweep_stale_temps, write_json
+from medtrans.fsutil import atomic_path, claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of, same_grid
 from medtrans.intensity import MRNormalization, mr_foreground, normalize_ct, normalize_mr
-from medtrans.io import read_volume, write_volume
+from medtrans.io import Volume, read_volume, require_signal, write_volume
 
 SLICE_FILES = ("mr_slices.npy", "ct_slices.npy", "mask_slices.npy")
+
+
+def _require_registrable(vol: Volume, role: str, shrink: list[int]) -> None:
+    """Refuse a volume too small for the registration pyramid (ITK's smoothing fails on it without a word why)."""
+    need = 2 * max(shrink)
+    size = vol.image.GetSize()
+    if min(size) < need:
+        raise InputError(f"the {role} image is too small to register: {'x'.join(map(str, size))} voxels; "
+                         f"prepare needs at least {need} per axis (2 x the coarsest of "
+                         f"prepare.registration_shrink {shrink})", path=vol.source)
 
 
 def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
@@ -55,6 +68,9 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
         raise InputError("has an MR but no CT; a training pair needs both", path=case.folder)
     mr_vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
     ct_vol = read_volume(case.ct.path, series_uid=case.ct.series_uid, modality="CT")
+    for vol, role in ((mr_vol, "MR"), (ct_vol, "CT")):
+        require_signal(vol, role)
+        _require_registrable(vol, role, cfg.prepare.registration_shrink)
     mr, ct = mr_vol.image, ct_vol.image
     timings["read"] = time.perf_counter() - t0
 
@@ -124,6 +140,29 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
     }
 
 
+def _die_with_parent(parent: int) -> None:
+    """Make a worker process end when the prepare process that started it dies (even by SIGKILL).
+
+    Otherwise an orphaned worker would go on writing into PREP after its parent is gone. Linux delivers
+    SIGTERM at once through PR_SET_PDEATHSIG; elsewhere (and as a backstop) a thread polls the parent.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the death signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="medtrans-parent-watch").start()
+
+
 def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
     case, out, cfg_dict, threads = args
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
@@ -141,13 +180,19 @@ def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
         key, hashes = _case_key(case, cfg)
     except OSError as exc:
         return {"case": case.name, "status": "failed", "error": f"cannot read inputs: {exc}"}
+    redo = None
     if record_file.exists():
         try:
             old = json.loads(record_file.read_text())
-            if old.get("key") == key and all((case_dir / f).exists() for f in SLICE_FILES):
-                return {**old, "skipped": True}
         except (json.JSONDecodeError, OSError):
-            pass
+            old, redo = {}, "its record.json was unreadable"
+        if old.get("key") == key and all((case_dir / f).exists() for f in SLICE_FILES):
+            return {**old, "skipped": True}
+        if redo is None:
+            redo = ("its inputs changed" if old.get("input_sha256") != hashes
+                    else "its outputs were incomplete" if old.get("key") == key
+                    else "the prepare config or medtrans version changed")
+        record_file.unlink()  # the case is incomplete from here until the new record is written
     try:
         sweep_stale_temps(case_dir)  # left by a run killed mid-write
         rec = prepare_case(case, case_dir, cfg)
@@ -158,6 +203,8 @@ def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
                 "traceback": traceback.format_exc(limit=5)}
     rec["key"] = key
     rec["input_sha256"] = hashes
+    if redo:
+        rec["redone_because"] = redo
     write_json(record_file, rec)  # written last: its presence marks the case complete
     return rec
 
@@ -182,7 +229,7 @@ def patient_split(names: list[str], fractions: list[float], seed: int) -> dict[s
 
 
 def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, workers: int = 1,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, allow_nonempty: bool = False) -> dict[str, Any]:
     """Prepare every case under ``input_path`` into ``out`` and write ``out/manifest.json``.
 
     Args:
@@ -195,12 +242,10 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
     Returns:
         The manifest (``cases``: one record per case, ``failed`` listing the failures).
     """
-    out = Path(out)
     cases = discover(input_path)
-    for case in cases:  # PREP/<case>/mr.nii.gz must never land on an input file
-        if (out / case.name).resolve() == case.folder.resolve():
-            raise InputError("--out would write into the input case folders; choose a separate folder", path=out)
-    out.mkdir(parents=True, exist_ok=True)
+    # PREP/<case>/mr.nii.gz must never land on an input file: --out may not overlap the input
+    out = claim_output_dir(out, kind="prepare", inputs=[input_path],
+                           signatures=["manifest.json", "*/record.json"], allow_nonempty=allow_nonempty)
     cfg_dict = cfg.to_dict()
     workers = max(1, min(workers if workers > 0 else (os.cpu_count() or 1), len(cases)))
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -212,7 +257,8 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
             bar.update()
     else:
         # spawn, not fork: the caller may hold threads (torch, SimpleITK) that a forked child would inherit locked
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_worker, (c, str(out), cfg_dict, threads)): c for c in cases}
             for fut in as_completed(futures):
                 rec = fut.result()
@@ -242,9 +288,11 @@ def summary_table(manifest: dict[str, Any]) -> str:
     for r in manifest["cases"]:
         if r["status"] == "ok":
             qa = r["qa"]
+            note = "up to date" if r.get("skipped") else (f"redone: {r['redone_because']}"
+                                                           if r.get("redone_because") else "")
             rows.append(f"{r['case']:<24} {'skipped' if r.get('skipped') else 'ok':<8} {r.get('split') or '-':<6} "
                         f"{qa['body_dice_ct_vs_mr']:>6.3f} {'POOR' if qa['flag_poor_registration'] else '':>5} "
-                        f"{r['timings_s']['total']:>7.1f}")
+                        f"{r['timings_s']['total']:>7.1f}  {note}")
         else:
             rows.append(f"{r['case']:<24} {'FAILED':<8} {'-':<6} {'':>6} {'':>5} {'':>7}  {r['error']}")
     return "\n".join(rows)

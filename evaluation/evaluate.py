@@ -1,8 +1,15 @@
-"""``medtrans evaluate``: pair sCT outputs with reference CTs and masks, score, summarize, report."""
+"""``medtrans evaluate``: pair sCT outputs with reference CTs and masks, score, summarize, report.
+
+The reference is a cohort (``<case>/ct.*`` + ``mask.*``) or a prepared dataset (``manifest.json`` present), whose
+cases are scored by split: the test split unless another is asked for, so that training cases never enter a
+study's headline numbers unannounced. The sCT of a case is whatever ``convert`` wrote in any registered
+format (:mod:`medtrans.formats`).
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,29 +17,68 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from evaluation.metrics import PROTOCOLS, compute_metrics
 from medtrans.cohort import find_role_file
 from medtrans.errors import GeometryError, InputError, MedtransError
-from medtrans.fsutil import atomic_path, sanitize_name, write_json
-from medtrans.geometry import require_same_grid
+from medtrans.evaluation.metrics import PROTOCOLS, compute_metrics
+from medtrans.formats import SCT_OUTPUTS, find_sct
+from medtrans.fsutil import atomic_path, claim_output_dir, sanitize_name, write_json
+from medtrans.geometry import on_grid_of, require_same_grid
 from medtrans.io import read_volume
 
 CT_NAMES = ("ct", "ct_registered")
+SPLITS = ("test", "val", "train", "all")
 
 
-def pair_cases(pred: Path, ref: Path) -> list[dict[str, Any]]:
-    """One entry per reference case: its CT, mask, MR (for figures) and prediction (None if missing)."""
+def reference_splits(ref: Path) -> dict[str, str] | None:
+    """case -> split from a prepared dataset's ``manifest.json``; None for a plain cohort."""
+    manifest = ref / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        split = json.loads(manifest.read_text())["split"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"manifest.json cannot be read: {exc}", path=ref) from None
+    return {case: name for name, cases in split.items() for case in cases}
+
+
+def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[str, Any]]:
+    """One entry per reference case: its CT, mask, MR (for figures), prediction (None if missing) and split.
+
+    Args:
+        pred: convert's output folder.
+        ref: a cohort or a prepared dataset.
+        split: for a prepared dataset, which cases to score (``test``, ``val``, ``train`` or ``all``; default
+            ``test``). A plain cohort has no splits: every case is scored and the split is ``None``.
+    """
     if not ref.is_dir():
         raise InputError("reference cohort folder does not exist", path=ref)
+    if split is not None and split not in SPLITS:
+        raise MedtransError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    splits = reference_splits(ref)
+    if splits is None and split not in (None, "all"):
+        raise MedtransError(f"--split {split}: {ref} is not a prepared dataset (no manifest.json), so it has no splits")
+    wanted = split or "test"
     pairs = []
     for d in sorted(p for p in ref.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        ct = find_role_file(d, *CT_NAMES)
-        if ct is None:
+        name = sanitize_name(d.name)
+        case_split = splits.get(name) if splits is not None else None
+        if splits is not None and wanted != "all" and case_split != wanted:
             continue
-        pairs.append({"case": sanitize_name(d.name), "ct": ct, "mask": find_role_file(d, "mask"), "mr": find_role_file(d, "mr"),
-                      "sct": find_role_file(pred / sanitize_name(d.name), "sct")})
+        try:
+            ct = find_role_file(d, *CT_NAMES)
+            if ct is None:
+                continue
+            pair = {"case": name, "split": case_split, "ct": ct, "mask": find_role_file(d, "mask"),
+                    "mr": find_role_file(d, "mr"), "sct": find_sct(pred / name)}
+        except InputError as exc:  # e.g. two CT files in one case: reported, the others go on
+            pair = {"case": name, "split": case_split, "error": str(exc)}
+        pairs.append(pair)
     if not pairs:
-        raise InputError("holds no case folders with a ct (or ct_registered) image", path=ref)
+        what = (f"no '{wanted}' cases in its manifest (its splits: "
+                f"{', '.join(f'{k} {list(splits.values()).count(k)}' for k in ('train', 'val', 'test'))}; "
+                "choose one with --split)") if splits is not None else \
+            "no case folders with a ct (or ct_registered) image"
+        raise InputError(f"holds {what}", path=ref)
     return pairs
 
 
@@ -40,7 +86,7 @@ def load_pair(pair: dict[str, Any], *, resample: bool) -> dict[str, Any]:
     """Read CT, sCT and mask as arrays on the CT grid (raising on geometry, mask or NaN problems)."""
     ct = read_volume(pair["ct"]).image
     try:
-        sct = read_volume(pair["sct"]).image
+        sct = on_grid_of(read_volume(pair["sct"]).image, ct)
     except InputError as exc:
         raise InputError(f"sCT unusable: {exc}") from None
     if pair["mask"] is None:
@@ -90,18 +136,32 @@ def summarize(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, Any]:
 
 
 def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
-             resample: bool = False, report: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Score every reference case; write metrics.csv, summary.json and report.html into ``out``."""
+             split: str | None = None, resample: bool = False, report: bool = True, progress: bool = True,
+             allow_nonempty: bool = False) -> dict[str, Any]:
+    """Score the reference cases; write metrics.csv, summary.json and report.html into ``out``.
+
+    ``summary["problems"]`` lists the cases that could not be scored (the CLI then exits non-zero).
+    """
     if protocol not in PROTOCOLS:
         raise MedtransError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     pred, ref, out = Path(pred), Path(ref), Path(out)
-    pairs = pair_cases(pred, ref)
+    if not pred.is_dir():
+        raise InputError("predictions folder does not exist", path=pred)
+    pairs = pair_cases(pred, ref, split=split)
+    splits = sorted({p["split"] for p in pairs if p["split"]})
+    claim_output_dir(out, kind="evaluate", inputs=[pred, ref], signatures=["summary.json"],
+                     allow_nonempty=allow_nonempty)
     ssim_col = "ssim" if PROTOCOLS[protocol].ssim == "ssim" else "ms_ssim"
     columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone"]
     rows, problems = [], []
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
+        if "error" in pair:
+            problems.append({"case": pair["case"], "problem": pair["error"]})
+            continue
         if pair["sct"] is None:
-            problems.append({"case": pair["case"], "problem": "no sCT found in the predictions folder"})
+            formats = ", ".join(SCT_OUTPUTS.values())
+            problems.append({"case": pair["case"], "problem": f"no sCT in {pred / pair['case']} (looked for "
+                             f"{formats}; a convert output names its own in sct.json)"})
             continue
         try:
             data = load_pair(pair, resample=resample)  # read_volume rejects NaN voxels
@@ -109,20 +169,19 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
         except (MedtransError, GeometryError, ValueError) as exc:
             problems.append({"case": pair["case"], "problem": str(exc)})
             continue
-        rows.append({"case": pair["case"], **metrics})
-    out.mkdir(parents=True, exist_ok=True)
+        rows.append({"case": pair["case"], "split": pair["split"] or "", **metrics})
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["case", *columns])
+        w = csv.DictWriter(fh, fieldnames=["case", "split", *columns])
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in ["case", *columns]})
-    summary = {"protocol": protocol, "n_cases": len(pairs), "n_evaluated": len(rows), "metrics": summarize(rows, columns),
-               "problems": problems}
+            w.writerow({k: r[k] for k in ["case", "split", *columns]})
+    summary = {"protocol": protocol, "splits": splits or None, "n_cases": len(pairs), "n_evaluated": len(rows),
+               "metrics": summarize(rows, columns), "problems": problems}
     write_json(out / "summary.json", summary)
     if report:
-        from evaluation.report import write_report
+        from medtrans.evaluation.report import write_report
 
-        by_case = {p["case"]: p for p in pairs}
+        by_case = {p["case"]: p for p in pairs if "error" not in p}
         # volumes are re-read only for the few cases the report draws: memory stays bounded for any cohort size
         write_report(out / "report.html", rows=rows, summary=summary, columns=columns,
                      load=lambda case: load_pair(by_case[case], resample=resample))

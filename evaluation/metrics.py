@@ -17,7 +17,7 @@ Definitions (see ``docs/metrics.md`` for citations):
 
 Speed: SSIM is computed only inside the mask's bounding box plus the 3-voxel window radius, in float64
 (float32 loses ~1e-4 relative accuracy in the variances at HU scale), with the five box filters run on
-separate threads. Values equal :mod:`evaluation.reference` to ~1e-12.
+separate threads. Values equal :mod:`medtrans.evaluation.reference` to ~1e-12.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ PROTOCOLS = {
     "synthrad2023": Protocol("synthrad2023", (-1024.0, 3000.0), False, "ssim"),
     "synthrad2025": Protocol("synthrad2025", (-1024.0, 3071.0), True, "ms_ssim"),
 }
+#: Tissue bands of the reference CT, half-open [low, high) in HU, so that they partition the body mask.
 TISSUES = {"air": (-np.inf, -200.0), "soft": (-200.0, 300.0), "bone": (300.0, np.inf)}
 
 
@@ -168,6 +169,6 @@ def compute_metrics(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, proto
         out["ms_ssim"] = ms_ssim(gs, ss, m, p.data_range, workers=workers)
     out["me"] = float(err.mean())
     for name, (a, b) in TISSUES.items():
-        sel = (gm >= a) & (gm < b) if name != "bone" else gm > a
+        sel = (gm >= a) & (gm < b)
         out[f"mae_{name}"] = float(np.abs(err[sel]).mean()) if sel.any() else float("nan")
     return out

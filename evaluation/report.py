@@ -108,7 +108,10 @@ def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], c
              "img{max-width:100%}.warn{color:#a00}</style></head><body>",
              "<h1>medtrans evaluation report</h1>",
              f"<p>Protocol <b>{html.escape(summary['protocol'])}</b>; {summary['n_evaluated']} of "
-             f"{summary['n_cases']} cases evaluated. Metrics in HU inside the body mask "
+             f"{summary['n_cases']} cases evaluated"
+             + (f" from the <b>{html.escape('/'.join(summary['splits']))}</b> split of the prepared dataset"
+                if summary.get("splits") else "")
+             + ". Metrics in HU inside the body mask "
              "(see docs/metrics.md for definitions). Research use only.</p>",
              "<h2 id='summary'>Summary</h2><table><tr><th>metric</th><th>n</th><th>mean</th><th>std</th>"
              "<th>median</th><th>IQR</th><th>min</th><th>max</th><th>95% CI of mean</th></tr>"]
@@ -125,11 +128,11 @@ def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], c
         parts.append("<h2 id='problems'>Cases not evaluated</h2><ul class='warn'>")
         parts += [f"<li>{html.escape(p['case'])}: {html.escape(p['problem'])}</li>" for p in summary["problems"]]
         parts.append("</ul>")
-    parts.append("<h2 id='cases'>Per case</h2><table><tr><th>case</th>" + "".join(f"<th>{c}</th>" for c in columns)
-                 + "</tr>")
+    parts.append("<h2 id='cases'>Per case</h2><table><tr><th>case</th><th>split</th>"
+                 + "".join(f"<th>{c}</th>" for c in columns) + "</tr>")
     for r in rows:
-        parts.append(f"<tr><th>{html.escape(r['case'])}</th>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in columns)
-                     + "</tr>")
+        parts.append(f"<tr><th>{html.escape(r['case'])}</th><td>{html.escape(r.get('split') or '-')}</td>"
+                     + "".join(f"<td>{_fmt(r[c])}</td>" for c in columns) + "</tr>")
     parts.append("</table>")
     if rows:
         parts.append(f"<h2 id='plots'>Distributions</h2><img alt='metric distributions' src='{_metric_plot(rows, columns)}'>")

@@ -18,7 +18,7 @@ import torch
 import medtrans
 from medtrans.config import ModelConfig
 from medtrans.errors import DatasetError
-from medtrans.fsutil import atomic_path, sha256_of, write_json
+from medtrans.fsutil import load_torch, save_torch, sha256_of, write_json
 from medtrans.geometry import CANONICAL_ORIENTATION
 from medtrans.intensity import MRNormalization
 from medtrans.models import Generator
@@ -35,8 +35,9 @@ class Bundle:
     path: Path | None = None
 
     def generator(self) -> Generator:
+        """The generator with the bundle's weights (one clear error if they do not fit its architecture)."""
         g = Generator(self.model)
-        g.load_state_dict(self.state_dict)
+        load_weights(g, self.state_dict, source=self.path / "model.pt" if self.path else None)
         return g.eval()
 
     def hash(self) -> str:
@@ -47,8 +48,7 @@ def save_bundle(folder: str | Path, *, model: ModelConfig, mr_normalization: MRN
                 state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
     """Write a bundle (weights first, then the JSON that makes it valid)."""
     folder = Path(folder)
-    with atomic_path(folder / "model.pt") as tmp:
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp)
+    save_torch(folder / "model.pt", {k: v.detach().cpu() for k, v in state_dict.items()})
     write_json(folder / "bundle.json", {
         "format": BUNDLE_FORMAT,
         "medtrans_version": medtrans.__version__,
@@ -59,6 +59,26 @@ def save_bundle(folder: str | Path, *, model: ModelConfig, mr_normalization: MRN
         **info,
     })
     return folder
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], *, source: Path | None) -> None:
+    """``module.load_state_dict(state)``, with a one-line error naming what does not fit.
+
+    PyTorch's own error lists every mismatching tensor (over a hundred lines for a UNet); a user only needs to
+    know that the weights belong to another architecture, and an example.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        example = (f"{shapes[0]} is {tuple(state[shapes[0]].shape)} in the file but {tuple(expected[shapes[0]].shape)} "
+                   "in the architecture" if shapes else f"e.g. {(missing or unexpected)[0]}")
+        raise DatasetError(
+            f"the weights do not match the architecture in bundle.json ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected, {len(shapes)} of another shape; {example}): bundle.json and model.pt come from "
+            "different models", path=source)
+    module.load_state_dict(state)
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:
@@ -84,11 +104,13 @@ def load_bundle(path: str | Path) -> Bundle:
     weights = folder / "model.pt"
     if not weights.is_file():
         raise DatasetError("model.pt is missing", path=folder)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DatasetError(f"model.pt cannot be loaded: {exc}", path=weights) from None
+    state = load_torch(weights, what="the model's weights")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DatasetError("the model's weights are not a state dict of tensors", path=weights)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+    try:
+        model = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"bundle.json has no valid 'model' section: {exc}", path=folder) from None
     return Bundle(model=model, mr_normalization=MRNormalization.from_dict(meta["mr_normalization"]),
                   info=meta, state_dict=state, path=folder)

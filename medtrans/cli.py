@@ -1,7 +1,8 @@
 """The ``medtrans`` command line: one subcommand per stage.
 
 Errors that a user can cause print one line (``medtrans: error: <file>: <problem>``) and exit with
-status 2; ``--debug`` shows the traceback instead.
+status 2; ``--debug`` shows the traceback instead. A batch command (prepare, convert, evaluate) that
+finished but could not process some cases exits with status 1 after reporting each of them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtrans.errors import MedtransError
+from medtrans.formats import SCT_OUTPUTS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="MRI -> synthetic CT: info, phantom, prepare, train, convert, evaluate, demo.")
@@ -27,10 +29,7 @@ class PhantomFormat(str, Enum):
     dicom = "dicom"
 
 
-class OutFormat(str, Enum):
-    nifti = "nifti"
-    mha = "mha"
-    dicom = "dicom"
+OutFormat = Enum("OutFormat", {name: name for name in SCT_OUTPUTS}, type=str)  # type: ignore[misc]
 
 
 class Protocol(str, Enum):
@@ -38,8 +37,16 @@ class Protocol(str, Enum):
     synthrad2025 = "synthrad2025"
 
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML config file or a name under configs/.")]  # noqa: UP045
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+    all = "all"
+
+
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="A shipped config's name (default, demo, pix2pix, 2d) or a path to a YAML file.")]  # noqa: UP045
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value.")]  # noqa: UP045
+NonEmptyOpt = Annotated[bool, typer.Option("--allow-nonempty-out", help="Write into an --out folder that holds other files (refused by default).")]
 
 
 @app.callback()
@@ -81,13 +88,14 @@ def prepare(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     workers: Annotated[int, typer.Option(min=0, help="Parallel case processes; 0 = one per CPU core.")] = 0,
+    allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:
     """Register, mask, normalize and slice a cohort into a paired training dataset."""
-    from data_prep.pipeline import prepare_cohort, summary_table
     from medtrans.config import load_config
+    from medtrans.data_prep.pipeline import prepare_cohort, summary_table
 
     cfg = load_config(config, overrides=set_)
-    manifest = prepare_cohort(input, out, cfg, workers=workers)
+    manifest = prepare_cohort(input, out, cfg, workers=workers, allow_nonempty=allow_nonempty_out)
     typer.echo(summary_table(manifest))
     typer.echo(f"manifest: {out / 'manifest.json'}")
     if manifest["failed"]:
@@ -101,22 +109,26 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder.")],
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this global step (the LR schedule's horizon stays train.max_steps).")] = None,  # noqa: UP045
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop (with a checkpoint) after this many minutes.")] = None,  # noqa: UP045
-    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.pt.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after this global step (the LR schedule's horizon stays train.max_steps).")] = None,  # noqa: UP045
+    max_minutes: Annotated[Optional[float], typer.Option(min=0.01, help="Stop (with a checkpoint) after this many minutes.")] = None,  # noqa: UP045
+    resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.pt with the run's saved config (--config/--set may change only bookkeeping keys).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data stream.")] = 0,
 ) -> None:
-    """Train the MONAI UNet + PatchGAN generator (launch with torchrun for several GPUs)."""
+    """Train the MONAI U-Net generator (L1; --config pix2pix adds the PatchGAN). Several GPUs: torchrun."""
     from medtrans.config import load_config
+    from medtrans.training.trainer import checkpoint_file, saved_config
     from medtrans.training.trainer import train as run
 
-    cfg = load_config(config, overrides=set_)
+    # on resume, --config/--set apply on top of the run's saved config; the trainer refuses real changes
+    base = saved_config(out) if resume and checkpoint_file(out).is_file() else None
+    cfg = load_config(config, overrides=set_, base=base)
     result = run(data, out, cfg, stop_step=max_steps, max_minutes=max_minutes, resume=resume, device=device,
                  seed=seed)
     if "bundle" in result:
-        typer.echo(f"step {result['step']}; best validation MAE {result['best_val_mae']:.1f} HU; "
-                   f"bundle: {result['bundle']}")
+        best = result["best_val_mae"]
+        val = f"best validation MAE {best:.1f} HU" if best is not None else "no validation cases (last step kept)"
+        typer.echo(f"step {result['step']}; {val}; bundle: {result['bundle']}")
 
 
 @app.command()
@@ -128,16 +140,22 @@ def convert(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=0, help="Slices per forward pass (0 = auto: 2 on CPU, 32 on CUDA).")] = 0,
     shard: Annotated[Optional[str], typer.Option(help="i/n: convert every n-th case from i (job arrays).")] = None,  # noqa: UP045
-    overwrite: Annotated[bool, typer.Option(help="Redo finished cases.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo every case, also those already up to date.")] = False,
     tta: Annotated[bool, typer.Option(help="Average with the left-right flipped prediction.")] = False,
+    allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:
-    """Convert MR volumes into synthetic CT on each MR's exact grid."""
+    """Convert MR volumes into synthetic CT on each MR's exact grid (reruns redo only what is stale)."""
     from medtrans.convert import convert_cohort
 
     results = convert_cohort(model, input, out, fmt=format.value, device=device, batch_size=batch_size, shard=shard,
-                             overwrite=overwrite, tta=tta)
+                             overwrite=overwrite, tta=tta, allow_nonempty=allow_nonempty_out)
     for r in results:
-        note = r.get("error", "") if r["status"] == "failed" else f"{r.get('timings_s', {}).get('total', 0):.1f}s"
+        if r["status"] == "failed":
+            note = r["error"]
+        elif r["status"] == "skipped":
+            note = r["reason"]
+        else:
+            note = f"{r['timings_s']['total']:.1f}s" + ("" if r["reason"] == "new" else f"  redone: {r['reason']}")
         typer.echo(f"{r['case']:<28} {r['status']:<8} {note}")
     failed = [r for r in results if r["status"] == "failed"]
     typer.echo(f"{len(results) - len(failed)} converted or skipped, {len(failed)} failed -> {out}")
@@ -147,28 +165,35 @@ def convert(
 
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Option(help="Folder of OUT/<case>/sct.* (convert's output).")],
-    ref: Annotated[Path, typer.Option(help="Cohort with <case>/ct.* (or ct_registered.*) and mask.*.")],
+    pred: Annotated[Path, typer.Option(help="convert's output folder (OUT/<case>/ in any format convert writes).")],
+    ref: Annotated[Path, typer.Option(help="Prepared dataset (PREP), or a cohort with <case>/ct.* and mask.*.")],
     out: Annotated[Path, typer.Option(help="Evaluation folder.")],
     protocol: Annotated[Protocol, typer.Option(help="Metric definitions.")] = Protocol.synthrad2023,
+    split: Annotated[Optional[Split], typer.Option(help="With a prepared dataset: which split to score (default test).")] = None,  # noqa: UP045
     resample: Annotated[bool, typer.Option(help="Resample sCT and mask onto the CT grid instead of failing.")] = False,
+    allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:
     """Score sCTs against reference CTs (SynthRAD metrics) and write a report."""
-    from evaluation.evaluate import evaluate as run
-    from evaluation.evaluate import one_line
+    from medtrans.evaluation.evaluate import evaluate as run
+    from medtrans.evaluation.evaluate import one_line
 
-    summary = run(pred, ref, out, protocol=protocol.value, resample=resample)
-    typer.echo(f"{summary['n_evaluated']}/{summary['n_cases']} cases: {one_line(summary)}")
+    summary = run(pred, ref, out, protocol=protocol.value, split=split.value if split else None, resample=resample,
+                  allow_nonempty=allow_nonempty_out)
+    scope = f" ({'/'.join(summary['splits'])} split)" if summary["splits"] else ""
+    typer.echo(f"{summary['n_evaluated']}/{summary['n_cases']} cases{scope}: {one_line(summary)}")
     for p in summary["problems"]:
         typer.echo(f"  not evaluated: {p['case']}: {p['problem']}", err=True)
     typer.echo(f"report: {out / 'report.html'}")
+    if summary["problems"]:
+        typer.echo(f"{len(summary['problems'])} case(s) could not be evaluated; see above", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Demo folder (replaced if it holds an earlier demo).")] = Path("medtrans_demo"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    config: Annotated[Path, typer.Option(help="Config for the demo run.")] = Path("demo"),
+    config: Annotated[str, typer.Option(help="Config for the demo run (a shipped name or a YAML path).")] = "demo",
     set_: SetOpt = None,
 ) -> None:
     """Phantom cohort -> prepare -> train -> convert -> evaluate, with an HTML report."""
@@ -190,6 +215,12 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a file problem no check foresaw: still one line naming the file
+        if _state["debug"]:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"medtrans: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("medtrans: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

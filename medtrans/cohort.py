@@ -40,12 +40,19 @@ class Case:
 
 
 def find_role_file(folder: Path, *stems: str) -> Path | None:
-    """The first ``<stem><suffix>`` volume file in ``folder`` (stems in order, then :data:`VOLUME_SUFFIXES`)."""
+    """The ``<stem><suffix>`` volume file in ``folder`` for the first stem that has one.
+
+    Raises:
+        InputError: a stem has files with several suffixes (e.g. ``mr.nii.gz`` and ``mr.mha``): which one is
+            meant cannot be guessed.
+    """
     for stem in stems:
-        for suffix in VOLUME_SUFFIXES:
-            p = folder / f"{stem}{suffix}"
-            if p.is_file():
-                return p
+        found = [folder / f"{stem}{suffix}" for suffix in VOLUME_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+        if len(found) > 1:
+            raise InputError(f"holds {len(found)} '{stem}' images ({', '.join(p.name for p in found)}); keep one per "
+                             "case", path=folder)
+        if found:
+            return found[0]
     return None
 
 
@@ -72,9 +79,15 @@ def case_from_folder(folder: Path) -> Case | None:
     """
     case = Case(name=sanitize_name(folder.name), folder=folder)
     for role in ("mr", "ct", "mask"):
-        f = find_role_file(folder, role)
+        try:
+            f = find_role_file(folder, role)
+        except InputError as exc:
+            case.errors.append(str(exc))
+            continue
         if f is not None:
             setattr(case, role, Source(f))
+    if case.errors:
+        return case
     if case.mr is None or case.ct is None:
         series = scan_dicom(folder, recursive=True)  # one header scan per case folder
         named = case.mr or case.ct or (folder / "mr").is_dir() or (folder / "ct").is_dir()

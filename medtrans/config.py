@@ -12,7 +12,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ import yaml
 
 from medtrans.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The named configs (the checkout's ``configs/``, installed as the package ``medtrans.configs``).
+CONFIG_DIR = Path(str(files("medtrans.configs")))
 
 
 @dataclass
@@ -95,15 +99,34 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def named_configs() -> list[str]:
+    """The names ``--config`` accepts without a path (the YAML files shipped in :data:`CONFIG_DIR`)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A path as given, or a bare name looked up as ``configs/<name>.yaml``."""
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    named = CONFIG_DIR / f"{name_or_path}.yaml"
-    if named.exists():
-        return named
-    raise ConfigError(f"config '{name_or_path}' not found (neither a file nor {named})")
+    """A bare name (no folder, no ``.yaml``) is a shipped config; anything else is a path to a YAML file.
+
+    A name never looks at the working directory, so ``--config demo`` means the shipped demo config even
+    where ``./demo`` is a folder.
+
+    Example:
+        >>> resolve_config_path("pix2pix").name
+        'pix2pix.yaml'
+    """
+    text = str(name_or_path)
+    p = Path(text)
+    if not any(sep in text for sep in ("/", os.sep)) and p.suffix.lower() not in (".yaml", ".yml"):
+        named = CONFIG_DIR / f"{text}.yaml"
+        if named.is_file():
+            return named
+        raise ConfigError(f"config '{text}' not found: the named configs are {', '.join(named_configs())} "
+                          "(or give a path to a .yaml file)")
+    if p.is_dir():
+        raise ConfigError("is a folder, not a YAML config file", path=p)
+    if not p.is_file():
+        raise ConfigError("config file does not exist", path=p)
+    return p
 
 
 def load_config(path: str | Path | None, *, overrides: list[str] | None = None,
@@ -116,6 +139,8 @@ def load_config(path: str | Path | None, *, overrides: list[str] | None = None,
         p = resolve_config_path(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot be read: {exc}", path=p) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"is not valid YAML: {exc}", path=p) from None
         if not isinstance(data, dict):
@@ -154,8 +179,8 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be true or false, not {value!r}")
         return value
     if isinstance(current, (int, float)) and not isinstance(current, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, not {value!r}")
         if isinstance(current, int) and not float(value).is_integer():
             raise ConfigError(f"{where} must be an integer, not {value!r}")
         return type(current)(value)
@@ -168,8 +193,60 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     return value
 
 
+#: (section, key) -> (lowest allowed, highest allowed, what it is); None = unbounded on that side.
+RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
+    ("prepare", "registration_sampling"): (1e-4, 1.0),
+    ("prepare", "registration_iterations"): (1, None),
+    ("prepare", "registration_threads"): (0, None),
+    ("prepare", "bspline_mesh"): (1, None),
+    ("prepare", "mr_percentile"): (50.0, 100.0),
+    ("prepare", "min_body_fraction"): (0.0, 1.0),
+    ("model", "head_features"): (1, None),
+    ("model", "disc_channels"): (1, None),
+    ("model", "disc_layers"): (1, None),
+    ("model", "num_res_units"): (0, None),
+    ("train", "batch_size"): (1, None),
+    ("train", "crop_size"): (8, None),
+    ("train", "lr"): (1e-12, 1.0),
+    ("train", "max_steps"): (1, None),
+    ("train", "decay_from"): (0.0, 1.0),
+    ("train", "l1_weight"): (0.0, None),
+    ("train", "gan_weight"): (0.0, None),
+    ("train", "bias_field"): (0.0, 1.0),
+    ("train", "val_every"): (1, None),
+    ("train", "checkpoint_every"): (1, None),
+    ("train", "threads"): (0, None),
+}
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that dataclass types cannot express."""
+    """Cross-field checks that dataclass types cannot express (raising one :class:`ConfigError` up front).
+
+    Example:
+        >>> load_config(None, overrides=["prepare.mr_percentile=150"])
+        Traceback (most recent call last):
+        ...
+        medtrans.errors.ConfigError: prepare.mr_percentile is 150.0; it must be between 50.0 and 100.0
+    """
+    for (section, key), (lo, hi) in RANGES.items():
+        v = getattr(getattr(cfg, section), key)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise ConfigError(f"{section}.{key} is {v}; it must be {bounds}")
+    lists = {("model", "channels"): 1, ("model", "strides"): 1, ("prepare", "registration_shrink"): 1,
+             ("prepare", "slice_size"): 8, ("train", "betas"): 0}
+    for (section, key), lo in lists.items():
+        values = getattr(getattr(cfg, section), key)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{section}.{key} must be a list of numbers, not {values!r}")
+        if any(v < lo for v in values):
+            raise ConfigError(f"{section}.{key} is {values}; every entry must be at least {lo}")
+    if len(cfg.prepare.slice_size) != 2:
+        raise ConfigError("prepare.slice_size must be [rows, cols]")
+    if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
+        raise ConfigError("train.betas must be two numbers in [0, 1)")
+    if any(f < 0 for f in cfg.prepare.split):
+        raise ConfigError("prepare.split fractions must not be negative")
     choices = {
         ("prepare", "registration"): ("rigid", "affine", "rigid+bspline", "none"),
         ("prepare", "mr_norm"): ("percentile", "zscore"),

@@ -1,11 +1,15 @@
 """``medtrans convert``: a model bundle plus MR volumes -> synthetic CT files, for whole cohorts.
 
 Each case is written to ``OUT/<case>/`` and completed by ``sct.json`` (written last, atomically), so a
-killed run leaves no half-written sCT and a rerun finishes the remaining cases.
+killed run leaves no half-written sCT and a rerun finishes the remaining cases. Whether a finished case is
+current is decided from its provenance (the MR's SHA-256, the bundle's hash, the output options and the
+medtrans version), never from the presence of files: a case whose provenance differs is redone, and the
+reason is reported.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 import traceback
@@ -22,12 +26,11 @@ from medtrans.bundle import load_bundle
 from medtrans.cohort import Case, discover
 from medtrans.dicom_out import new_link, write_dicom_series
 from medtrans.errors import InputError, MedtransError
-from medtrans.fsutil import sweep_stale_temps, write_json
+from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, remove_outputs
+from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
 from medtrans.inference import pick_device, predictor_from_bundle
-from medtrans.io import read_volume, write_volume
-
-FORMATS = {"nifti": "sct.nii.gz", "mha": "sct.mha", "dicom": "sct_dicom"}
+from medtrans.io import read_volume, require_signal, write_volume
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -49,13 +52,57 @@ def shard_cases(cases: list[Case], shard: tuple[int, int]) -> list[Case]:
     return sorted(cases, key=lambda c: c.name)[i::n]
 
 
-def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_hash: str, bundle_info: dict[str, Any],
+def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool) -> dict[str, Any]:
+    """What a case's sCT depends on; a finished case is current only if its recorded provenance is equal."""
+    if case.mr is None:
+        raise InputError("; ".join(case.errors) or "no MR found", path=case.folder)
+    try:
+        mr_hash = sha256_of(case.mr.path)
+    except OSError as exc:
+        raise InputError(f"cannot be read: {exc.strerror or exc}", path=case.mr.path) from None
+    return {"input_sha256": mr_hash, "bundle_sha256": bundle_hash, "options": {"format": fmt, "tta_flip": tta},
+            "medtrans": medtrans.__version__}
+
+
+def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
+    """None if ``case_dir`` holds a complete sCT made from exactly ``current``; else why it must be (re)done."""
+    record = case_dir / SCT_RECORD
+    if not record.is_file():
+        return "new"
+    try:
+        old = json.loads(record.read_text()).get("provenance") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return "its sct.json is unreadable"
+    if old.get("input_sha256") != current["input_sha256"]:
+        return "the input MR changed"
+    if old.get("bundle_sha256") != current["bundle_sha256"]:
+        return "the model changed"
+    for key, value in current["options"].items():
+        if old.get("options", {}).get(key) != value:
+            return f"option {key} changed ({old.get('options', {}).get(key)} -> {value})"
+    if old.get("medtrans") != current["medtrans"]:
+        return f"medtrans changed ({old.get('medtrans')} -> {current['medtrans']})"
+    if not (case_dir / SCT_OUTPUTS[current["options"]["format"]]).exists():
+        return "its output is missing"
+    return None
+
+
+def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_info: dict[str, Any],
+                 prov: dict[str, Any],
                  series_description: str = "medtrans synthetic CT (not for diagnosis)") -> dict[str, Any]:
-    """Convert one case and write its outputs; returns the ``sct.json`` record."""
+    """Convert one case and write its outputs; returns the ``sct.json`` record.
+
+    Earlier outputs of the case are removed before anything is written, so that a failure or a kill leaves
+    the case absent, never an old sCT beside a new input.
+    """
     t0 = time.perf_counter()
     if case.mr is None:
         raise InputError("; ".join(case.errors) or "no MR found", path=case.folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_outputs(out_dir)
+    sweep_stale_temps(out_dir)  # left by a run killed mid-write
     vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
+    require_signal(vol, "MR")
     t_read = time.perf_counter() - t0
     t = time.perf_counter()
     sct = predictor.predict_image(vol.image)
@@ -64,58 +111,64 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_hash:
     hu = sitk.GetArrayFromImage(sct)
     sct_int = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 32767).astype(np.int16))
     sct_int.CopyInformation(vol.image)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(out_dir)  # left by a run killed mid-write
     linked = False
     if fmt == "dicom":
         link = vol.dicom_link if vol.dicom_link and vol.dicom_link.get("StudyInstanceUID") else None
         linked = link is not None
-        write_dicom_series(sct_int, out_dir / FORMATS["dicom"], modality="CT", link=link or new_link(),
+        write_dicom_series(sct_int, out_dir / SCT_OUTPUTS["dicom"], modality="CT", link=link or new_link(),
                            series_description=series_description, derived=True,
                            extra={"DerivationDescription": "Synthetic CT computed from MR by medtrans",
                                   "BurnedInAnnotation": "NO"})
     else:
-        write_volume(sct_int, out_dir / FORMATS[fmt])
+        write_volume(sct_int, out_dir / SCT_OUTPUTS[fmt])
     t_write = time.perf_counter() - t
     record = {
         "case": case.name,
         "status": "ok",
-        "output": FORMATS[fmt],
+        "output": SCT_OUTPUTS[fmt],
         "format": fmt,
         "geometry": geometry_of(vol.image),
         "dicom_linked_to_source_study": linked,
-        "bundle_sha256": bundle_hash,
+        "provenance": prov,
+        "bundle_sha256": prov["bundle_sha256"],
         "bundle": {k: bundle_info.get(k) for k in ("trained_steps", "selected", "best_val_mae_hu", "model")},
         "tta_flip": predictor.tta_flip,
         "software": {"medtrans": medtrans.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": str(predictor.device),
         "timings_s": {"read": t_read, "inference": t_infer, "write": t_write, "total": time.perf_counter() - t0},
     }
-    write_json(out_dir / "sct.json", record)  # last: marks the case complete
+    write_json(out_dir / SCT_RECORD, record)  # last: marks the case complete
     return record
 
 
 def convert_cohort(model: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "nifti",
                    device: str = "auto", batch_size: int = 0, shard: str | None = None, overwrite: bool = False,
-                   tta: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Convert every case under ``input_path``; failures are recorded and the others go on."""
-    if fmt not in FORMATS:
-        raise MedtransError(f"--format must be one of {', '.join(FORMATS)}")
+                   tta: bool = False, progress: bool = True, allow_nonempty: bool = False) -> list[dict[str, Any]]:
+    """Convert every case under ``input_path``; failures are recorded and the others go on.
+
+    Each result has ``status`` ``ok`` (converted; ``reason`` says why when an earlier output was replaced),
+    ``skipped`` (already current) or ``failed`` (``error``).
+    """
+    if fmt not in SCT_OUTPUTS:
+        raise MedtransError(f"--format must be one of {', '.join(SCT_OUTPUTS)}")
     bundle = load_bundle(model)
+    cases = shard_cases(discover(input_path), parse_shard(shard))
+    out = claim_output_dir(out, kind="convert", inputs=[input_path, model], signatures=[f"*/{SCT_RECORD}"],
+                           allow_nonempty=allow_nonempty)
     dev = pick_device(device)
     predictor = predictor_from_bundle(bundle, device=dev, batch_size=batch_size, tta_flip=tta)
-    cases = shard_cases(discover(input_path), parse_shard(shard))
-    out = Path(out)
     bundle_hash = bundle.hash()
     results = []
     for case in tqdm(cases, desc="convert", unit="case", disable=not progress):
         case_dir = out / case.name
-        if not overwrite and (case_dir / "sct.json").is_file() and (case_dir / FORMATS[fmt]).exists():
-            results.append({"case": case.name, "status": "skipped"})
-            continue
         try:
-            results.append(convert_case(case, case_dir, predictor, fmt=fmt, bundle_hash=bundle_hash,
-                                        bundle_info=bundle.info))
+            prov = provenance(case, bundle_hash=bundle_hash, fmt=fmt, tta=tta)
+            reason = "--overwrite" if overwrite else stale_reason(case_dir, prov)
+            if reason is None:
+                results.append({"case": case.name, "status": "skipped", "reason": "up to date"})
+                continue
+            rec = convert_case(case, case_dir, predictor, fmt=fmt, bundle_info=bundle.info, prov=prov)
+            results.append({**rec, "reason": reason})
         except MedtransError as exc:
             results.append({"case": case.name, "status": "failed", "error": str(exc)})
         except Exception as exc:

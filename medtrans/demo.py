@@ -14,13 +14,14 @@ import SimpleITK as sitk
 
 from medtrans.config import load_config
 from medtrans.errors import MedtransError
+from medtrans.fsutil import MARKER, claim_output_dir
 
 DEMO_CASES = 6
 
 
 def _lookup_baseline(prep: Path, manifest: dict[str, Any], out: Path, spec) -> None:
     """Write the lookup baseline's sCT for the test cases into ``out/<case>/sct.nii.gz``."""
-    from evaluation.baselines import fit_baselines, lookup_sct
+    from medtrans.evaluation.baselines import fit_baselines, lookup_sct
     from medtrans.io import write_volume
 
     lookup, _ = fit_baselines(prep, manifest["split"]["train"], spec)
@@ -32,21 +33,18 @@ def _lookup_baseline(prep: Path, manifest: dict[str, Any], out: Path, spec) -> N
 def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[str] | None = None,
              device: str = "auto", cases: int = DEMO_CASES, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out`` (replaced if it holds an earlier demo) and return the two summaries."""
-    from data_prep.pipeline import prepare_cohort, summary_table
-    from evaluation.evaluate import evaluate, one_line
     from medtrans.convert import convert_cohort
+    from medtrans.data_prep.pipeline import prepare_cohort, summary_table
+    from medtrans.evaluation.evaluate import evaluate, one_line
     from medtrans.intensity import MRNormalization
     from medtrans.phantom import make_cohort
     from medtrans.training.trainer import train
 
-    out = Path(out)
-    if out.exists():
-        if not (out / ".medtrans-demo").exists():
-            raise MedtransError(f"{out} exists and is not a medtrans demo folder; choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / ".medtrans-demo").write_text("created by medtrans demo\n")
-    cfg = load_config(config, overrides=overrides)
+    cfg = load_config(config, overrides=overrides)  # a bad config fails before anything is written
+    out = claim_output_dir(out, kind="demo", signatures=[".medtrans-demo"])
+    for entry in out.iterdir():  # an earlier demo is replaced whole
+        if entry.name != MARKER:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     say = print if progress else (lambda *a, **k: None)
     say(f"[1/5] phantom cohort: {cases} synthetic subjects (raw export, CT misaligned) -> {out / 'cohort'}")
     make_cohort(out / "cohort", cases=cases, seed=0, aligned=False)

@@ -32,5 +32,9 @@ class ConfigError(MedtransError):
     """An invalid configuration key or value."""
 
 
+class OutputError(MedtransError):
+    """An output that cannot be written completely (disk full, read-only, a folder that is not ours)."""
+
+
 class DatasetError(MedtransError):
     """A prepared dataset or a model bundle that is empty, inconsistent or from another version."""

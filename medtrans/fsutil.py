@@ -1,17 +1,26 @@
-"""Filesystem helpers: atomic writes, safe names and content hashes."""
+"""Filesystem helpers: verified atomic writes, output folders a command can claim, safe names, content hashes.
+
+The output contract every command follows: nothing appears under its final name unless it was written
+completely (a temporary file, checked, then renamed), and a command writes only into a folder that is
+empty or holds its own earlier output (recognised by :data:`MARKER`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+import medtrans
+from medtrans.errors import DatasetError, OutputError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -21,28 +30,52 @@ def sanitize_name(name: str) -> str:
 
     Example:
         >>> sanitize_name("../Pat 01/ä")
-        'Pat_01_'
+        'Pat_01'
+        >>> sanitize_name("..")
+        'case'
     """
     cleaned = _UNSAFE.sub("_", name).strip("._")
     return cleaned[:100] or "case"
 
 
+def _write_failed(path: Path, exc: BaseException) -> OutputError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
+    return OutputError(f"could not be written: {reason}", path=path)
+
+
 @contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
+def atomic_path(final: str | Path, *, verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds.
 
     The temporary name keeps ``final``'s suffixes so that writers that infer the format from the
     extension (SimpleITK, numpy) still work. A crash leaves ``final`` untouched (old or absent).
+
+    Args:
+        final: the file's final name.
+        verify: called with the temporary path before the rename; it raises if the file is incomplete.
+            Some writers (SimpleITK's) report a short write (disk full) only on stderr, so a file they
+            wrote is checked by reading it back before it may take its final name.
+
+    Raises:
+        OutputError: the file could not be written (disk full, read-only folder, failed verification).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(final.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=final.parent)
-    os.close(fd)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(final.suffixes)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=f".tmp{suffix}",
+                                   dir=final.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _write_failed(final, exc) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if verify is not None:
+            verify(tmp_path)
         os.replace(tmp_path, final)
+    except OSError as exc:
+        raise _write_failed(final, exc) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -52,13 +85,18 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Like :func:`atomic_path` for a folder: build it under a temporary name, then swap it in."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        raise _write_failed(final, exc) from None
     try:
         yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except OSError as exc:
+        raise _write_failed(final, exc) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -83,16 +121,125 @@ def sweep_stale_temps(folder: str | Path) -> list[str]:
     return removed
 
 
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by None (JSON has no such numbers).
+
+    Example:
+        >>> finite_json({"mae": float("inf"), "n": [1.5, float("nan")]})
+        {'mae': None, 'n': [1.5, None]}
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (sorted keys are not forced: insertion order is kept for readability)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    """Write strict JSON atomically (non-finite numbers become null; insertion order is kept for readability)."""
+    text = json.dumps(finite_json(data), indent=2, default=_json_default, allow_nan=False) + "\n"
+    write_text(path, text)
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write a text file atomically."""
+    """Write a text file atomically, checking that every byte reached the file before it is renamed."""
+    payload = text.encode()
+
+    def complete(tmp: Path) -> None:
+        if tmp.stat().st_size != len(payload):
+            raise OutputError(f"short write ({tmp.stat().st_size} of {len(payload)} bytes)", path=path)
+
+    with atomic_path(path, verify=complete) as tmp:
+        tmp.write_bytes(payload)
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically; a failed write (disk full) becomes an :class:`OutputError` naming the file."""
+    import torch
+
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch reports a short write as a RuntimeError from its zip writer
+            raise _write_failed(Path(path), exc) from None
+
+
+def load_torch(path: str | Path, *, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with one clear error for a damaged, foreign or unsafe file.
+
+    PyTorch's own message for a refused file suggests ``weights_only=False``, which would run arbitrary code
+    from the file; that advice is never passed on.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):  # a well-formed pickle that names code to run: refused
+            raise DatasetError(
+                f"{what} holds objects other than tensors and plain values and was refused (it may not come from "
+                "medtrans, or may be unsafe to load)", path=path) from None
+        raise DatasetError(f"{what} is damaged or not a PyTorch weights file (not a valid checkpoint)",
+                           path=path) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise DatasetError(f"{what} is damaged or not a PyTorch weights file ({first})", path=path) from None
+
+
+#: The file by which a command recognises a folder it wrote: ``{"kind": <command>, "medtrans": <version>}``.
+MARKER = ".medtrans.json"
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def claim_output_dir(out: str | Path, *, kind: str, inputs: Iterable[str | Path] = (),
+                     signatures: Iterable[str] = (), allow_nonempty: bool = False) -> Path:
+    """Make ``out`` ready to hold ``kind``'s output, or raise one clear error.
+
+    ``out`` may be absent, empty, or hold this command's own earlier output (its :data:`MARKER`, or for
+    folders written before the marker existed one of the ``signatures`` glob patterns). A folder holding
+    anything else is refused unless ``allow_nonempty``; ``out`` may never be, contain or lie inside an input.
+
+    Raises:
+        OutputError: a file where a folder is needed, overlap with an input, another command's or a user's
+            folder, or a folder that cannot be written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError("exists and is a file; --out must be a folder", path=out)
+    resolved = out.resolve()
+    for inp in inputs:
+        if _overlaps(resolved, Path(inp).resolve()):
+            raise OutputError(f"overlaps the input {inp}; choose an output folder outside the inputs", path=out)
+    marker = out / MARKER
+    if marker.is_file():
+        try:
+            owner = json.loads(marker.read_text()).get("kind")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            owner = None
+        if owner != kind:
+            raise OutputError(f"holds medtrans {owner or 'unknown'} output, not {kind} output; choose another "
+                              "folder", path=out)
+    elif out.is_dir() and any(not e.name.startswith(".") for e in out.iterdir()):
+        ours = any(next(out.glob(pattern), None) is not None for pattern in signatures)
+        if not ours and not allow_nonempty:
+            raise OutputError(f"is not empty and was not written by medtrans {kind}; choose a new or empty folder "
+                              "(or pass --allow-nonempty-out to write into it anyway)", path=out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_failed(out, exc) from None
+    if not marker.is_file():
+        write_json(marker, {"kind": kind, "medtrans": medtrans.__version__})
+    return out
 
 
 def _json_default(obj: Any) -> Any:

@@ -109,6 +109,28 @@ def from_canonical(canonical: sitk.Image, *, reference: sitk.Image) -> sitk.Imag
     return back
 
 
+def on_grid_of(image: sitk.Image, reference: sitk.Image, *, tolerance: float = 1e-4) -> sitk.Image:
+    """``image`` on ``reference``'s grid when both hold the same physical voxels in another axis order.
+
+    A lossless permute/flip (no interpolation): for example an sCT written as DICOM from a left-handed MR grid
+    comes back with its slice order reversed. Any other image is returned unchanged.
+
+    Example:
+        >>> ref = sitk.Image([4, 3, 2], sitk.sitkInt16)
+        >>> ref.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))  # left-handed
+        >>> stacked = sitk.DICOMOrient(ref, "LPS")  # what a DICOM reader rebuilds
+        >>> same_grid(stacked, ref), same_grid(on_grid_of(stacked, ref), ref)
+        (False, True)
+    """
+    if same_grid(image, reference, tolerance=tolerance) or image.GetDimension() != reference.GetDimension():
+        return image
+    back = sitk.DICOMOrient(image, orientation_code(reference))
+    if not same_grid(back, reference, tolerance=tolerance):
+        return image
+    back.CopyInformation(reference)
+    return back
+
+
 def array_from_canonical(array: np.ndarray, *, reference: sitk.Image) -> sitk.Image:
     """Wrap a (z, y, x) array cut in canonical orientation and return it on ``reference``'s grid."""
     canonical_ref = to_canonical(reference)

@@ -8,8 +8,9 @@ threshold of the MR itself, so inference needs nothing but the MR.
 
 Example:
     >>> import numpy as np
-    >>> float(denormalize_ct(normalize_ct(np.array([120.0])))[0])
-    120.0
+    >>> hu = np.array([-1024.0, 120.0, 3000.0])
+    >>> np.round(denormalize_ct(normalize_ct(hu)), 2).tolist()  # exact up to float32 rounding
+    [-1024.0, 120.0, 3000.0]
 """
 
 from __future__ import annotations

@@ -6,12 +6,13 @@ order, missing slices, tilt) and then read by SimpleITK/GDCM, which applies Resc
 CT comes out in HU.
 
 Example:
-    >>> import tempfile, pathlib, SimpleITK as sitk
+    >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> img = sitk.Image([5, 4, 3], sitk.sitkInt16); img.SetSpacing((0.5, 0.7, 2.0))
+    >>> img = sitk.Image([5, 4, 3], sitk.sitkInt16)
+    >>> img.SetSpacing((0.5, 0.75, 2.0))
     >>> write_volume(img, d / "x.nii.gz")
     >>> read_volume(d / "x.nii.gz").image.GetSpacing()
-    (0.5, 0.7, 2.0)
+    (0.5, 0.75, 2.0)
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtrans.dicom_out import LINK_ATTRIBUTES
-from medtrans.errors import DicomSeriesError, InputError
+from medtrans.errors import DicomSeriesError, InputError, OutputError
 from medtrans.fsutil import atomic_path
-from medtrans.geometry import geometry_of, orientation_code
+from medtrans.geometry import geometry_of, orientation_code, same_grid
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -94,20 +95,68 @@ def read_volume(
         vol = Volume(image=_sitk_read(path, "image"), source=path)
     else:
         vol = _read_single_dicom(path)
+    _require_3d_scalar(vol.image, vol.source)
     _check_content(vol, allow_nan=allow_nan)
     return vol
+
+
+def _require_3d_scalar(image: sitk.Image, source: Path) -> None:
+    size = "x".join(str(n) for n in image.GetSize())
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"expects a 3D scalar volume: got a {image.GetNumberOfComponentsPerPixel()}-component "
+                         f"(vector/RGB) image of size {size}", path=source)
+    if image.GetDimension() != 3:
+        raise InputError(f"expects a 3D scalar volume: got a {image.GetDimension()}D image of size {size}",
+                         path=source)
+
+
+def require_signal(vol: Volume, role: str) -> None:
+    """Refuse a blank or constant image, naming its role (``'MR'``, ``'CT'``) and file.
+
+    Example:
+        >>> blank = Volume(image=sitk.Image([4, 4, 4], sitk.sitkInt16), source=Path("mr.nii.gz"))
+        >>> require_signal(blank, "MR")
+        Traceback (most recent call last):
+        ...
+        medtrans.errors.InputError: mr.nii.gz: the MR image is blank: every voxel is 0
+    """
+    arr = sitk.GetArrayViewFromImage(vol.image)
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo == hi:
+        raise InputError(f"the {role} image is blank: every voxel is {lo:g}", path=vol.source)
 
 
 def write_volume(image: sitk.Image, path: str | Path, *, compress: bool = True) -> None:
     """Write an image atomically; the format follows the extension (.nii.gz, .nii, .mha, .nrrd).
 
-    DICOM output lives in :mod:`medtrans.dicom_out`.
+    The written file is read back and compared (voxels and grid) before it takes its final name:
+    SimpleITK does not raise on a short write (disk full), it only prints a warning. DICOM output lives in
+    :mod:`medtrans.dicom_out`.
+
+    Raises:
+        OutputError: the file could not be written completely.
     """
     path = Path(path)
     if not path.name.lower().endswith(WRITE_SUFFIXES):
         raise InputError(f"unsupported output format; use one of {', '.join(WRITE_SUFFIXES)}", path=path)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+    def verify(tmp: Path) -> None:
+        try:
+            back = read_volume(tmp, allow_nan=True).image
+        except InputError as exc:
+            raise OutputError(f"was not written completely (disk full?): {exc}", path=path) from None
+        # SimpleITK reads a NaN in NIfTI back as 0 (read_volume's nibabel pass has decoded the whole file)
+        same = same_grid(back, image, tolerance=1e-4) and np.array_equal(
+            np.nan_to_num(sitk.GetArrayViewFromImage(back), nan=0.0),
+            np.nan_to_num(sitk.GetArrayViewFromImage(image), nan=0.0))
+        if not same:
+            raise OutputError("reads back different from what was written (disk full?)", path=path)
+
+    with atomic_path(path, verify=verify) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError as exc:  # some ITK writers do raise (MetaImage on a full disk)
+            raise OutputError(f"could not be written: {_itk_reason(exc)}", path=path) from None
 
 
 def volume_info(vol: Volume) -> dict[str, Any]:
@@ -164,17 +213,56 @@ def _check_content(vol: Volume, *, allow_nan: bool) -> None:
 
 
 def _read_single_dicom(path: Path) -> Volume:
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_dicom_header(path)
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise InputError(
             f"is neither a volume file ({', '.join(VOLUME_SUFFIXES)}) nor DICOM: {exc}", path=path
         ) from None
+    check_pixel_data(ds, path)
     image = _sitk_read(path, "DICOM image")
     return Volume(image=image, source=path, modality=getattr(ds, "Modality", None), dicom_link=_link_of(ds))
+
+
+def read_dicom_header(path: Path) -> Any:
+    """Read a DICOM file's attributes without its pixels (their length and offset stay known)."""
+    import pydicom
+
+    return pydicom.dcmread(path, defer_size=1024)
+
+
+#: Transfer syntaxes whose PixelData is stored uncompressed, so that its exact length is known.
+_NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
+def check_pixel_data(ds: Any, path: Path) -> None:
+    """Refuse a DICOM image whose PixelData is missing or shorter than its rows x columns x frames.
+
+    SimpleITK/GDCM zero-fill a cut-short slice without a word, which would put a black band into the
+    volume; ``ds`` comes from :func:`read_dicom_header`, so nothing here reads the pixels.
+    """
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            return
+        raise InputError("is a DICOM file without pixel data", path=path)
+    raw = ds.get_item(0x7FE00010, keep_deferred=True)
+    declared, offset = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+    if declared is None or offset is None or declared == 0xFFFFFFFF:  # already decoded, or encapsulated
+        return
+    available = path.stat().st_size - offset
+    if available < declared:
+        raise InputError(f"PixelData is cut short: the file ends {declared - available} bytes before the end "
+                         f"of its {declared}-byte pixel data (incomplete copy?)", path=path)
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "1.2.840.10008.1.2.1")
+    if syntax in _NATIVE_SYNTAXES:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        need = (int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1) or 1)
+                * int(ds.BitsAllocated) * frames + 7) // 8
+        if declared < need:
+            raise InputError(f"PixelData holds {declared} bytes where {ds.Rows}x{ds.Columns}x{frames} pixels of "
+                             f"{ds.BitsAllocated} bits need {need}", path=path)
 
 
 def _link_of(ds: Any) -> dict[str, Any]:
@@ -257,9 +345,9 @@ def sort_series(series: DicomSeriesInfo, folder: Path) -> tuple[list[Path], Any]
         DicomSeriesError: mixed orientations, duplicate or missing slices, non-uniform spacing, or a
             gantry tilt (slice positions not stacked along the slice normal).
     """
-    import pydicom
-
-    headers = [(f, pydicom.dcmread(f, stop_before_pixels=True)) for f in series.files]
+    headers = [(f, read_dicom_header(f)) for f in series.files]
+    for f, ds in headers:
+        check_pixel_data(ds, f)
     if len(headers) == 1:
         return [headers[0][0]], headers[0][1]
     orients = defaultdict(list)

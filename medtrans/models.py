@@ -1,9 +1,11 @@
 """Networks from MONAI: a 2D UNet generator with a plain head, and a conditional PatchGAN discriminator.
 
-Why the head: with ``num_res_units > 0`` MONAI's UNet ends in a transposed convolution followed by
-instance norm and an activation; with one output channel every slice would be normalized on its own and
-absolute HU levels could not be learned. The UNet therefore emits ``head_features`` channels and a 1x1
-convolution maps them to CT, its bias starting at the background (air) value.
+Why the head: with ``num_res_units > 0`` MONAI's UNet ends in a transposed convolution followed by a
+normalization layer (``model.norm``: batch norm by default, or instance norm) and an activation. With one
+output channel that last layer would normalize the output itself (per slice with instance norm, to the
+batch's statistics with batch norm), so absolute HU levels could not be learned reliably. The UNet therefore
+emits ``head_features`` channels and a 1x1 convolution maps them to CT, its bias starting at the background
+(air) value.
 """
 
 from __future__ import annotations

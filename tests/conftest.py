@@ -45,8 +45,8 @@ def raw_cohort(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, aligned_cohort) -> Path:
-    from data_prep.pipeline import prepare_cohort
     from medtrans.config import load_config
+    from medtrans.data_prep.pipeline import prepare_cohort
 
     out = tmp_path_factory.mktemp("prep")
     cfg = load_config(None, overrides=[*TINY, "prepare.split=[0.5,0.25,0.25]"])

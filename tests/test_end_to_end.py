@@ -24,7 +24,8 @@ def test_pipeline_end_to_end(tmp_path):
     assert "train:" in (tmp_path / "run" / "config.yaml").read_text()
     cli("convert", "--model", str(tmp_path / "run"), "--input", str(tmp_path / "prep"), "--out", str(tmp_path / "sct"),
         "--device", "cpu")
-    r = cli("evaluate", "--pred", str(tmp_path / "sct"), "--ref", str(tmp_path / "prep"), "--out", str(tmp_path / "eval"))
+    r = cli("evaluate", "--pred", str(tmp_path / "sct"), "--ref", str(tmp_path / "prep"), "--out", str(tmp_path / "eval"),
+            "--split", "all")
     assert "3/3 cases" in r.stdout
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_evaluated"] == 3
 

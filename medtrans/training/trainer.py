@@ -1,8 +1,10 @@
-"""The pix2pix trainer: MONAI UNet generator + PatchGAN, GAN loss + lambda * L1, exact resume, DDP.
+"""The trainer: MONAI UNet generator with a masked L1 loss (the default), plus a PatchGAN term when
+``train.gan_weight > 0`` (pix2pix: GAN loss + lambda * L1, ``--config pix2pix``); exact resume, DDP.
 
 ``train.max_steps`` in the config is the schedule's horizon (the learning rate decays to zero there);
 ``--max-steps`` on the command line only says where this invocation stops, so that 8 steps followed by
-``--resume --max-steps 16`` equals 16 steps straight, bit for bit on CPU.
+``--resume --max-steps 16`` equals 16 steps straight, bit for bit on CPU. A resumed run keeps its saved
+config; only the keys in :data:`RESUME_SAFE_KEYS` (which cannot change the weights) may differ.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from tqdm import tqdm
 import medtrans
 from medtrans.bundle import save_bundle
 from medtrans.config import Config, load_config
-from medtrans.errors import MedtransError
-from medtrans.fsutil import atomic_path, write_json, write_text
+from medtrans.errors import ConfigError, MedtransError
+from medtrans.fsutil import claim_output_dir, load_torch, save_torch, write_json, write_text
 from medtrans.inference import Predictor, pick_device
 from medtrans.intensity import MRNormalization
 from medtrans.models import Discriminator, Generator, total_stride
@@ -33,6 +35,29 @@ from medtrans.training.data import BatchStream, load_bank, load_manifest
 
 LOG_EVERY = 10
 OUTSIDE_MASK_WEIGHT = 0.1  # masked L1 still keeps the background near air
+#: Config keys a resumed run may change: they steer bookkeeping, not the weights.
+RESUME_SAFE_KEYS = frozenset({"train.threads", "train.val_every", "train.checkpoint_every"})
+
+
+def checkpoint_file(out: str | Path) -> Path:
+    """Where a run keeps the checkpoint that ``--resume`` continues from."""
+    return Path(out) / "checkpoints" / "last.pt"
+
+
+def saved_config(out: str | Path) -> dict[str, Any]:
+    """The resolved config a run was started with (from its last checkpoint)."""
+    state = load_torch(checkpoint_file(out), what="the run's last checkpoint")
+    try:
+        return json.loads(state["config_json"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise MedtransError("the run's last checkpoint holds no config; it was not written by medtrans train",
+                            path=checkpoint_file(out)) from None
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """``section.key`` names whose values differ between two config dicts."""
+    return [f"{section}.{key}" for section in a for key in a[section]
+            if a[section][key] != b.get(section, {}).get(key)]
 
 
 def _dist() -> tuple[int, int, int]:
@@ -67,7 +92,7 @@ def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None)
 
 def validate(predictor: Predictor, prep: Path, cases: list[str]) -> dict[str, float]:
     """Whole-volume validation through the inference code: mean MAE/PSNR/SSIM in HU within the mask."""
-    from evaluation.metrics import compute_metrics
+    from medtrans.evaluation.metrics import compute_metrics
 
     rows = []
     for name in cases:
@@ -90,11 +115,6 @@ def _environment(device: torch.device, world: int) -> dict[str, Any]:
     return env
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def train(
     prep: str | Path,
     out: str | Path,
@@ -112,7 +132,8 @@ def train(
     Args:
         prep: the prepared dataset (``medtrans prepare`` output).
         out: the run folder.
-        cfg: the resolved config (ignored on resume: the run's saved config is used).
+        cfg: the resolved config. On resume it must equal the run's saved config except for
+            :data:`RESUME_SAFE_KEYS` (anything else is refused, naming the keys).
         stop_step: stop after this global step (default: ``cfg.train.max_steps``).
         max_minutes: also stop (after a checkpoint) when this much wall time has passed.
         resume: continue from ``out/checkpoints/last.pt``.
@@ -124,19 +145,28 @@ def train(
         A summary: final step, best validation metrics, bundle path.
     """
     prep, out = Path(prep), Path(out)
+    if stop_step is not None and stop_step < 1:
+        raise MedtransError(f"--max-steps must be at least 1, not {stop_step}")
+    if max_minutes is not None and not max_minutes > 0:
+        raise MedtransError(f"--max-minutes must be positive, not {max_minutes}")
+    claim_output_dir(out, kind="train", inputs=[prep], signatures=["checkpoints", "bundle/bundle.json"])
     rank, world, local = _dist()
     dev = pick_device(device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    ckpt_path = out / "checkpoints" / "last.pt"
+    ckpt_path = checkpoint_file(out)
     state: dict[str, Any] | None = None
     if resume:
         if not ckpt_path.is_file():
             raise MedtransError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["config_json"])
-        cfg = load_config(None, base=saved)
+        saved = saved_config(out)
+        changed = [k for k in config_differences(cfg.to_dict(), saved) if k not in RESUME_SAFE_KEYS]
+        if changed:
+            raise ConfigError(f"--resume keeps the run's saved config, but these keys differ from it: "
+                              f"{', '.join(changed)}; start a new run to change them (a resume may change only "
+                              f"{', '.join(sorted(RESUME_SAFE_KEYS))})")
+        state = load_torch(ckpt_path, what="the run's last checkpoint")
         seed = int(state["seed"])
     elif ckpt_path.exists():
         raise MedtransError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -194,6 +224,9 @@ def train(
     adv = PatchAdversarialLoss(criterion=cfg.train.gan_loss)
 
     stop = min(stop_step if stop_step is not None else cfg.train.max_steps, cfg.train.max_steps)
+    if stop <= start:
+        raise MedtransError(f"nothing to train: the run is already at step {start} (asked to stop at {stop})",
+                            path=out)
     is_main = rank == 0
     if is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -207,7 +240,7 @@ def train(
     n_acc, t_log, step = 0, time.perf_counter(), start
 
     def checkpoint(step_done: int) -> None:
-        _save_checkpoint(ckpt_path, {
+        save_torch(ckpt_path, {
             "step": step_done, "seed": seed, "best_mae": best_mae, "best_step": best_step,
             "config_json": json.dumps(cfg.to_dict()), "generator": gen.state_dict(), "opt_g": opt_g.state_dict(),
             "sched_g": sched_g.state_dict(), "torch_rng": torch.get_rng_state(),
@@ -271,7 +304,7 @@ def train(
                     fh.write(json.dumps({"step": done, **{f"val_{k2}": v for k2, v in metrics.items()}}) + "\n")
                 if metrics["mae"] < best_mae:
                     best_mae, best_step = metrics["mae"], done
-                    _save_checkpoint(out / "checkpoints" / "best.pt", {"step": done, "generator": gen.state_dict()})
+                    save_torch(out / "checkpoints" / "best.pt", {"step": done, "generator": gen.state_dict()})
             if is_main and (done % cfg.train.checkpoint_every == 0 or last):
                 checkpoint(done)
             bar.update()
@@ -291,10 +324,10 @@ def train(
         # forward, so after the last step every rank takes rank 0's (the ones rank 0 saves in the bundle)
         for buffer in gen.buffers():
             dist.broadcast(buffer, src=0)
-    result = {"step": step + 1 if stop > start else start, "best_val_mae": best_mae, "best_step": best_step}
+    result = {"step": step + 1, "best_val_mae": best_mae if best_step >= 0 else None, "best_step": best_step}
     if is_main:
         best_file = out / "checkpoints" / "best.pt"
-        weights = (torch.load(best_file, map_location="cpu", weights_only=True)["generator"] if best_file.exists()
+        weights = (load_torch(best_file, what="the best checkpoint")["generator"] if best_file.exists()
                    else gen.state_dict())
         bundle = save_bundle(out / "bundle", model=cfg.model, mr_normalization=spec, state_dict=weights, info={
             "trained_steps": result["step"], "selected": "best validation MAE" if best_file.exists() else "last step",

@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import SHARED, TINY
 
-from data_prep.pipeline import patient_split, prepare_cohort
 from medtrans.config import load_config
-from medtrans.errors import InputError
+from medtrans.data_prep.pipeline import patient_split, prepare_cohort
+from medtrans.errors import OutputError
 from medtrans.phantom import make_case, truth_transform
 
 
@@ -123,7 +123,7 @@ def test_bad_cases_are_reported_and_others_complete(tmp_path, aligned_cohort):
     r = subprocess.run([sys.executable, "-m", "medtrans", "prepare", "--input", str(cohort), "--out",
                         str(tmp_path / "prep"), "--config", "demo"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "FAILED" in r.stdout
-    with pytest.raises(InputError, match="input case folders"):
+    with pytest.raises(OutputError, match="overlaps the input"):
         prepare_cohort(cohort, cohort, load_config(None, overrides=TINY), progress=False)
     assert before == {p: p.read_bytes() for p in cohort.rglob("*") if p.is_file()}, "inputs were modified"
 
@@ -156,7 +156,7 @@ def test_pseudo_pair_registration_tre(tmp_path):
     cts = [SHARED / "data" / "tcga_hnsc_ct_downsampled" / f"000{i}.nii.gz" for i in (1, 2)]
     if not tool.exists() or not all(c.exists() for c in cts):
         pytest.skip("../shared/tools/pseudo_pairs.py or the shared CTs are absent (only beside the checkout)")
-    from data_prep.registration import register_ct_to_mr
+    from medtrans.data_prep.registration import register_ct_to_mr
 
     means = []
     for i, ct in enumerate(cts):

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import shared_path
 
-from evaluation import reference as ref
-from evaluation.metrics import compute_metrics
+from medtrans.evaluation import reference as ref
+from medtrans.evaluation.metrics import compute_metrics
 
 
 def check_equal(gt, pred, mask):

@@ -116,8 +116,8 @@ def test_run_folder_contents(tiny_run):
 @pytest.mark.parametrize("gan", [0.0, 1.0])
 def test_modes_beat_constant_hu(prepared, tmp_path, gan):
     """Regression and GAN modes both reach a validation MAE clearly below the best constant HU."""
-    from evaluation.baselines import constant_hu
-    from evaluation.metrics import compute_metrics
+    from medtrans.evaluation.baselines import constant_hu
+    from medtrans.evaluation.metrics import compute_metrics
 
     stronger = ["model.channels=[16,32,64,128]", "model.strides=[2,2,2]", "model.num_res_units=2",
                 "model.head_features=16", "train.batch_size=8", "train.crop_size=96"]
