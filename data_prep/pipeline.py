@@ -27,14 +27,14 @@ from tqdm import tqdm
 
 import medtrans
 from medtrans.cohort import Case, discover
-from medtrans.config import Config
+from medtrans.config import Config, load_config
 from medtrans.data_prep.masks import body_mask, dice
 from medtrans.data_prep.registration import BODY_HU, register_ct_to_mr, resample_ct
 from medtrans.data_prep.slices import extract_slices
 from medtrans.errors import InputError, MedtransError
 from medtrans.fsutil import atomic_path, claim_output_dir, sha256_of, sweep_stale_temps, write_json
-from medtrans.geometry import geometry_of, same_grid
-from medtrans.intensity import MRNormalization, mr_foreground, normalize_ct, normalize_mr
+from medtrans.geometry import canonical_spacing, geometry_of, resample_onto, same_grid, working_grid
+from medtrans.intensity import CT_BACKGROUND, MRNormalization, mr_foreground, normalize_ct, normalize_mr
 from medtrans.io import Volume, read_volume, require_signal, write_volume
 
 SLICE_FILES = ("mr_slices.npy", "ct_slices.npy", "mask_slices.npy")
@@ -98,7 +98,15 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
     mr_norm, mr_stats = normalize_mr(mr, spec)
     ct_norm = sitk.GetImageFromArray(normalize_ct(ct_arr))
     ct_norm.CopyInformation(mr)
-    stack = extract_slices(mr_norm, ct_norm, mask, size=tuple(cfg.prepare.slice_size),
+    # slices are cut on the working grid (the cohort's one spacing); the volumes stay on the MR's native grid
+    grid = working_grid(mr, cfg.prepare.spacing)
+    if grid is not None:
+        mr_norm = resample_onto(mr_norm, grid, default=mr_stats["background"])
+        ct_norm = resample_onto(ct_norm, grid, default=CT_BACKGROUND)
+        slice_mask = resample_onto(mask, grid, nearest=True)
+    else:
+        slice_mask = mask
+    stack = extract_slices(mr_norm, ct_norm, slice_mask, size=tuple(cfg.prepare.slice_size),
                            mr_background=mr_stats["background"])
     # relative to the case's largest body section, so that resolution and field of view do not matter
     largest = float(stack.body_fraction.max())
@@ -125,6 +133,8 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
         "case": case.name,
         "status": "ok",
         "inputs": {role: getattr(case, role).describe() for role in ("mr", "ct", "mask") if getattr(case, role)},
+        "input_reconstruction": {role: vol.reconstruction for vol, role in ((mr_vol, "mr"), (ct_vol, "ct"))
+                                 if vol.reconstruction},
         "mr_geometry": geometry_of(mr),
         "ct_geometry": geometry_of(ct),
         "normalization": {"mr": {**spec.to_dict(), **mr_stats}, "ct": {"range": [-1024.0, 3000.0]}},
@@ -135,7 +145,7 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
                "body_dice_ct_vs_mr": overlap, "mask_source": "provided" if provided_mask is not None else "computed",
                "flag_poor_registration": bool(poor)},
         "slices": {"files": list(SLICE_FILES), "shape": list(stack.mr.shape), "window": list(stack.window),
-                   "keep": keep.tolist()},
+                   "keep": keep.tolist(), "grid": geometry_of(grid if grid is not None else mr)},
         "timings_s": timings,
     }
 
@@ -166,8 +176,6 @@ def _die_with_parent(parent: int) -> None:
 def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
     case, out, cfg_dict, threads = args
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-    from medtrans.config import load_config
-
     cfg = load_config(None, base=cfg_dict)
     return run_case(case, Path(out), cfg)
 
@@ -209,6 +217,41 @@ def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
     return rec
 
 
+def _mr_canonical_spacing(case: Case) -> list[float] | None:
+    """The MR's spacing on the canonical axes, from the header alone where the format allows (None if unreadable)."""
+    if case.mr is None or case.errors:
+        return None
+    try:
+        if case.mr.series_uid is None and case.mr.path.is_file() and case.mr.path.suffix != ".dcm":
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(case.mr.path))
+            reader.ReadImageInformation()
+            header = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+            if reader.GetDimension() != 3:
+                return None
+            header.SetSpacing(reader.GetSpacing())
+            header.SetDirection(reader.GetDirection())
+            return canonical_spacing(header)
+        return canonical_spacing(read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR").image)
+    except (MedtransError, RuntimeError, OSError):
+        return None
+
+
+def resolve_spacing(cases: list[Case], cfg: Config) -> tuple[list[float], str]:
+    """The working spacing of a cohort: the config's, else the median in-plane MR spacing (isotropic in-plane).
+
+    Returns:
+        The spacing ([x, y] or [x, y, z] in mm on the canonical axes) and where it came from.
+    """
+    if cfg.prepare.spacing:
+        return list(cfg.prepare.spacing), "prepare.spacing"
+    in_plane = [v for case in cases if (sp := _mr_canonical_spacing(case)) for v in sp[:2]]
+    if not in_plane:
+        return [], "native (no readable MR)"
+    median = round(float(np.median(in_plane)), 3)
+    return [median, median], f"median in-plane spacing of {len(in_plane) // 2} MR(s)"
+
+
 def patient_split(names: list[str], fractions: list[float], seed: int) -> dict[str, str]:
     """Deterministic patient-level split: order by a seeded hash of the name, then cut by fractions."""
     order = sorted(names, key=lambda n: hashlib.sha256(f"{seed}:{n}".encode()).hexdigest())
@@ -229,7 +272,8 @@ def patient_split(names: list[str], fractions: list[float], seed: int) -> dict[s
 
 
 def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, workers: int = 1,
-                   progress: bool = True, allow_nonempty: bool = False) -> dict[str, Any]:
+                   progress: bool = True, allow_nonempty: bool = False, mr_series: str | None = None,
+                   ct_series: str | None = None) -> dict[str, Any]:
     """Prepare every case under ``input_path`` into ``out`` and write ``out/manifest.json``.
 
     Args:
@@ -238,15 +282,21 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
         cfg: resolved configuration.
         workers: case processes; 0 = one per CPU core (at most one per case). Results do not depend on it.
         progress: show a progress bar.
+        allow_nonempty: write into an ``out`` folder that holds other files.
+        mr_series, ct_series: choose among several DICOM series per case (see :mod:`medtrans.cohort`).
 
     Returns:
         The manifest (``cases``: one record per case, ``failed`` listing the failures).
     """
-    cases = discover(input_path)
+    cases = discover(input_path, mr_series=mr_series, ct_series=ct_series)
     # PREP/<case>/mr.nii.gz must never land on an input file: --out may not overlap the input
     out = claim_output_dir(out, kind="prepare", inputs=[input_path],
                            signatures=["manifest.json", "*/record.json"], allow_nonempty=allow_nonempty)
+    # the resolved spacing goes into the config itself: it is part of every case's key and of the manifest
+    spacing, spacing_source = resolve_spacing(cases, cfg)
     cfg_dict = cfg.to_dict()
+    cfg_dict["prepare"]["spacing"] = spacing
+    cfg = load_config(None, base=cfg_dict)
     workers = max(1, min(workers if workers > 0 else (os.cpu_count() or 1), len(cases)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     records: dict[str, dict[str, Any]] = {}
@@ -274,6 +324,7 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
                      "numpy": np.__version__},
         "input": str(Path(input_path).resolve()),
         "config": cfg_dict,
+        "working_spacing": {"mm": spacing or None, "source": spacing_source},
         "split": {s: [n for n in ok if split[n] == s] for s in ("train", "val", "test")},
         "cases": [records[c.name] for c in cases],
         "failed": [{"case": n, "error": r["error"]} for n, r in records.items() if r["status"] != "ok"],

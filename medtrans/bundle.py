@@ -34,6 +34,11 @@ class Bundle:
     state_dict: dict[str, torch.Tensor]
     path: Path | None = None
 
+    @property
+    def spacing(self) -> list[float] | None:
+        """The working spacing (canonical x, y[, z] in mm) the model was trained at; None = native (older bundles)."""
+        return self.info.get("input", {}).get("spacing") or None
+
     def generator(self) -> Generator:
         """The generator with the bundle's weights (one clear error if they do not fit its architecture)."""
         g = Generator(self.model)
@@ -45,7 +50,7 @@ class Bundle:
 
 
 def save_bundle(folder: str | Path, *, model: ModelConfig, mr_normalization: MRNormalization,
-                state_dict: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
+                state_dict: dict[str, torch.Tensor], info: dict[str, Any], spacing: list[float] | None = None) -> Path:
     """Write a bundle (weights first, then the JSON that makes it valid)."""
     folder = Path(folder)
     save_torch(folder / "model.pt", {k: v.detach().cpu() for k, v in state_dict.items()})
@@ -55,7 +60,7 @@ def save_bundle(folder: str | Path, *, model: ModelConfig, mr_normalization: MRN
         "model": dataclasses.asdict(model),
         "mr_normalization": mr_normalization.to_dict(),
         "input": {"context_slices": model.context_slices, "orientation": CANONICAL_ORIENTATION,
-                  "ct_range_hu": [-1024.0, 3000.0]},
+                  "ct_range_hu": [-1024.0, 3000.0], "spacing": spacing or None},
         **info,
     })
     return folder

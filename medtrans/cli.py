@@ -46,6 +46,8 @@ class Split(str, Enum):
 
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="A shipped config's name (default, demo, pix2pix, 2d) or a path to a YAML file.")]  # noqa: UP045
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value.")]  # noqa: UP045
+MrSeriesOpt = Annotated[Optional[str], typer.Option("--mr-series", help="Which MR DICOM series per case: a regular expression on SeriesDescription/ProtocolName, or a SeriesInstanceUID (default: the only one that is not a localizer or derived).")]  # noqa: UP045
+CtSeriesOpt = Annotated[Optional[str], typer.Option("--ct-series", help="Which CT DICOM series per case (as --mr-series).")]  # noqa: UP045
 NonEmptyOpt = Annotated[bool, typer.Option("--allow-nonempty-out", help="Write into an --out folder that holds other files (refused by default).")]
 
 
@@ -88,6 +90,8 @@ def prepare(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     workers: Annotated[int, typer.Option(min=0, help="Parallel case processes; 0 = one per CPU core.")] = 0,
+    mr_series: MrSeriesOpt = None,
+    ct_series: CtSeriesOpt = None,
     allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:
     """Register, mask, normalize and slice a cohort into a paired training dataset."""
@@ -95,7 +99,8 @@ def prepare(
     from medtrans.data_prep.pipeline import prepare_cohort, summary_table
 
     cfg = load_config(config, overrides=set_)
-    manifest = prepare_cohort(input, out, cfg, workers=workers, allow_nonempty=allow_nonempty_out)
+    manifest = prepare_cohort(input, out, cfg, workers=workers, allow_nonempty=allow_nonempty_out,
+                              mr_series=mr_series, ct_series=ct_series)
     typer.echo(summary_table(manifest))
     typer.echo(f"manifest: {out / 'manifest.json'}")
     if manifest["failed"]:
@@ -142,13 +147,14 @@ def convert(
     shard: Annotated[Optional[str], typer.Option(help="i/n: convert every n-th case from i (job arrays).")] = None,  # noqa: UP045
     overwrite: Annotated[bool, typer.Option(help="Redo every case, also those already up to date.")] = False,
     tta: Annotated[bool, typer.Option(help="Average with the left-right flipped prediction.")] = False,
+    mr_series: MrSeriesOpt = None,
     allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:
     """Convert MR volumes into synthetic CT on each MR's exact grid (reruns redo only what is stale)."""
     from medtrans.convert import convert_cohort
 
     results = convert_cohort(model, input, out, fmt=format.value, device=device, batch_size=batch_size, shard=shard,
-                             overwrite=overwrite, tta=tta, allow_nonempty=allow_nonempty_out)
+                             overwrite=overwrite, tta=tta, allow_nonempty=allow_nonempty_out, mr_series=mr_series)
     for r in results:
         if r["status"] == "failed":
             note = r["error"]

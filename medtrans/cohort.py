@@ -3,11 +3,18 @@
 A *case* is one patient folder holding an MR (``mr.nii.gz``/``mr.mha``/``mr.nrrd``/``mr/`` DICOM, or DICOM
 series anywhere below it told apart by Modality), optionally a CT and a mask. A *cohort* is a folder of
 case folders. Case names come from folder names, sanitized before they become paths.
+
+Which DICOM series of a modality is used (the default rule, documented in ``docs/data_layouts.md``):
+with ``--mr-series``/``--ct-series PATTERN`` the one series whose description, protocol name (a
+case-insensitive regular expression) or UID matches; otherwise the one series left after localizers
+(ImageType LOCALIZER, or named localizer/scout/survey/topogram) and derived series (ImageType DERIVED) are set
+aside. Anything else is a per-case error that lists the candidates.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +29,12 @@ class Source:
 
     path: Path
     series_uid: str | None = None
+    series_description: str | None = None
 
     def describe(self) -> str:
-        return str(self.path) + (" (DICOM series)" if self.series_uid else "")
+        if not self.series_uid:
+            return str(self.path)
+        return f"{self.path} (DICOM series '{self.series_description or ''}', {self.series_uid})"
 
 
 @dataclass
@@ -56,23 +66,51 @@ def find_role_file(folder: Path, *stems: str) -> Path | None:
     return None
 
 
-def _dicom_sources(series: dict[str, DicomSeriesInfo], folder: Path, case: Case) -> None:
+def choose_role_series(found: list[DicomSeriesInfo], modality: str, pattern: str | None) -> DicomSeriesInfo:
+    """One series of ``modality`` by the module's rule (pattern, else the only non-localizer, non-derived one).
+
+    Raises:
+        DicomSeriesError: no series or several fit; the message lists the candidates and how to choose.
+    """
+    flag = f"--{modality.lower()}-series"
+    listing = "; ".join(s.summary() + (f" [{s.skip_reason}]" if s.skip_reason else "") for s in found)
+    if pattern:
+        hits = [s for s in found if s.matches(pattern)]
+        if len(hits) == 1:
+            return hits[0]
+        what = "no" if not hits else f"{len(hits)}"
+        raise DicomSeriesError(f"{what} {modality} series match {flag} {pattern!r}; the candidates are: {listing}")
+    usable = [s for s in found if s.skip_reason is None]
+    if len(usable) == 1:
+        return usable[0]
+    if not usable:
+        raise DicomSeriesError(f"every {modality} series is a localizer or derived; choose one with {flag} PATTERN: "
+                               f"{listing}")
+    raise DicomSeriesError(f"{len(usable)} {modality} series could be meant; choose one with {flag} PATTERN "
+                           f"(matched on description, protocol or UID): {listing}")
+
+
+def _dicom_sources(series: dict[str, DicomSeriesInfo], folder: Path, case: Case,
+                   patterns: Mapping[str, str | None]) -> None:
     for role, modality in (("mr", "MR"), ("ct", "CT")):
         if getattr(case, role) is not None:
             continue
         found = [s for s in series.values() if s.modality.upper() == modality]
-        if len(found) > 1:
-            listing = "; ".join(s.summary() for s in found)
-            case.errors.append(f"{len(found)} {modality} series under {folder}; keep one per case: {listing}")
-        elif found:
-            parents = {f.parent for f in found[0].files}
-            if len(parents) > 1:
-                case.errors.append(f"the {modality} series under {folder} is spread over {len(parents)} folders")
-            else:
-                setattr(case, role, Source(parents.pop(), found[0].series_uid))
+        if not found:
+            continue
+        try:
+            chosen = choose_role_series(found, modality, patterns.get(role))
+        except DicomSeriesError as exc:
+            case.errors.append(f"{folder}: {exc}")
+            continue
+        parents = {f.parent for f in chosen.files}
+        if len(parents) > 1:
+            case.errors.append(f"the {modality} series under {folder} is spread over {len(parents)} folders")
+        else:
+            setattr(case, role, Source(parents.pop(), chosen.series_uid, chosen.description))
 
 
-def case_from_folder(folder: Path) -> Case | None:
+def case_from_folder(folder: Path, *, mr_series: str | None = None, ct_series: str | None = None) -> Case | None:
     """Read one case folder (SynthRAD names first, then DICOM series by modality).
 
     Returns None for a folder that holds no MR/CT file, no ``mr``/``ct`` folder and no DICOM: not a case.
@@ -93,14 +131,16 @@ def case_from_folder(folder: Path) -> Case | None:
         named = case.mr or case.ct or (folder / "mr").is_dir() or (folder / "ct").is_dir()
         if not series and not named:
             return None
-        _dicom_sources(series, folder, case)
+        _dicom_sources(series, folder, case, {"mr": mr_series, "ct": ct_series})
     if case.mr is None and not case.errors:
         case.errors.append(f"no MR found in {folder} (expected mr.nii.gz, mr.mha, mr.nrrd or an MR DICOM series)")
     return case
 
 
-def discover(path: str | Path) -> list[Case]:
+def discover(path: str | Path, *, mr_series: str | None = None, ct_series: str | None = None) -> list[Case]:
     """Find the cases under ``path``: a single MR file, a DICOM series folder, a case folder or a cohort.
+
+    ``mr_series``/``ct_series`` choose among several DICOM series of a modality (see the module docstring).
 
     Raises:
         InputError: the path does not exist or holds no case at all.
@@ -117,14 +157,14 @@ def discover(path: str | Path) -> list[Case]:
     direct = scan_dicom(path)
     if direct:  # a DICOM series folder itself
         case = Case(name=sanitize_name(path.name), folder=path)
-        _dicom_sources(direct, path, case)
+        _dicom_sources(direct, path, case, {"mr": mr_series, "ct": ct_series})
         if case.mr is None and not case.errors:
             raise DicomSeriesError("holds DICOM but no MR series", path=path)
         return [case]
     if find_role_file(path, "mr", "ct") or (path / "mr").is_dir():
-        return [case_from_folder(path)]
+        return [case_from_folder(path, mr_series=mr_series, ct_series=ct_series)]
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith((".", "_")))
-    cases = [c for d in subdirs if (c := case_from_folder(d)) is not None]
+    cases = [c for d in subdirs if (c := case_from_folder(d, mr_series=mr_series, ct_series=ct_series)) is not None]
     if not cases:
         raise InputError("holds no cases (no case folders with mr/ct images or DICOM series)", path=path)
     names = [c.name for c in cases]

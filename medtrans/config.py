@@ -41,6 +41,7 @@ class PrepareConfig:
     n4: bool = False  #: N4 bias-field correction of the MR before normalization (slower)
     mr_norm: str = "percentile"  #: percentile (0 -> -1, high percentile -> 1) | zscore
     mr_percentile: float = 99.5  #: upper percentile of the MR foreground mapped to 1
+    spacing: list[float] = field(default_factory=list)  #: working spacing [x, y] or [x, y, z] mm on the canonical axes; [] = the cohort's median in-plane MR spacing (through-plane native)
     slice_size: list[int] = field(default_factory=lambda: [256, 256])  #: in-plane size [rows, cols] kept
     min_body_fraction: float = 0.1  #: slices whose body area is below this fraction of the case's largest are dropped
     split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  #: train/val/test, by patient
@@ -241,6 +242,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key} must be a list of numbers, not {values!r}")
         if any(v < lo for v in values):
             raise ConfigError(f"{section}.{key} is {values}; every entry must be at least {lo}")
+    if len(cfg.prepare.spacing) not in (0, 2, 3) or any(not isinstance(v, (int, float)) or isinstance(v, bool)
+                                                         or not v > 0 for v in cfg.prepare.spacing):
+        raise ConfigError(f"prepare.spacing is {cfg.prepare.spacing}; it must be [] (the cohort's median), "
+                          "[x, y] or [x, y, z] in mm, every entry positive")
     if len(cfg.prepare.slice_size) != 2:
         raise ConfigError("prepare.slice_size must be [rows, cols]")
     if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):

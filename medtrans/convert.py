@@ -60,8 +60,8 @@ def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool) -> dict[str
         mr_hash = sha256_of(case.mr.path)
     except OSError as exc:
         raise InputError(f"cannot be read: {exc.strerror or exc}", path=case.mr.path) from None
-    return {"input_sha256": mr_hash, "bundle_sha256": bundle_hash, "options": {"format": fmt, "tta_flip": tta},
-            "medtrans": medtrans.__version__}
+    return {"input_sha256": mr_hash, "series_uid": case.mr.series_uid, "bundle_sha256": bundle_hash,
+            "options": {"format": fmt, "tta_flip": tta}, "medtrans": medtrans.__version__}
 
 
 def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
@@ -75,6 +75,8 @@ def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
         return "its sct.json is unreadable"
     if old.get("input_sha256") != current["input_sha256"]:
         return "the input MR changed"
+    if old.get("series_uid") != current["series_uid"]:
+        return "another MR series was chosen"
     if old.get("bundle_sha256") != current["bundle_sha256"]:
         return "the model changed"
     for key, value in current["options"].items():
@@ -127,7 +129,9 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_info:
         "status": "ok",
         "output": SCT_OUTPUTS[fmt],
         "format": fmt,
+        "input": case.mr.describe(),
         "geometry": geometry_of(vol.image),
+        "input_reconstruction": vol.reconstruction,
         "dicom_linked_to_source_study": linked,
         "provenance": prov,
         "bundle_sha256": prov["bundle_sha256"],
@@ -143,7 +147,8 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_info:
 
 def convert_cohort(model: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "nifti",
                    device: str = "auto", batch_size: int = 0, shard: str | None = None, overwrite: bool = False,
-                   tta: bool = False, progress: bool = True, allow_nonempty: bool = False) -> list[dict[str, Any]]:
+                   tta: bool = False, progress: bool = True, allow_nonempty: bool = False,
+                   mr_series: str | None = None) -> list[dict[str, Any]]:
     """Convert every case under ``input_path``; failures are recorded and the others go on.
 
     Each result has ``status`` ``ok`` (converted; ``reason`` says why when an earlier output was replaced),
@@ -152,7 +157,7 @@ def convert_cohort(model: str | Path, input_path: str | Path, out: str | Path, *
     if fmt not in SCT_OUTPUTS:
         raise MedtransError(f"--format must be one of {', '.join(SCT_OUTPUTS)}")
     bundle = load_bundle(model)
-    cases = shard_cases(discover(input_path), parse_shard(shard))
+    cases = shard_cases(discover(input_path, mr_series=mr_series), parse_shard(shard))
     out = claim_output_dir(out, kind="convert", inputs=[input_path, model], signatures=[f"*/{SCT_RECORD}"],
                            allow_nonempty=allow_nonempty)
     dev = pick_device(device)

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -155,3 +156,65 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
     This is the only place in medtrans that converts between them.
     """
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps_affine(image)
+
+
+def canonical_spacing(image: sitk.Image) -> list[float]:
+    """The image's voxel spacing along the canonical axes (x: left-right, y: posterior-anterior, z: superior).
+
+    Example:
+        >>> img = sitk.Image([4, 5, 6], sitk.sitkUInt8)
+        >>> img.SetSpacing((3.0, 0.5, 0.7))
+        >>> img.SetDirection((0, 0, 1, 1, 0, 0, 0, 1, 0))  # sagittal stack: x runs posterior, y superior, z left
+        >>> canonical_spacing(img)
+        [0.7, 3.0, 0.5]
+    """
+    d = np.abs(np.array(image.GetDirection()).reshape(3, 3))
+    spacing = [0.0, 0.0, 0.0]
+    for axis, sp in enumerate(image.GetSpacing()):
+        spacing[int(np.argmax(d[:, axis]))] = float(sp)
+    return spacing
+
+
+def working_grid(image: sitk.Image, spacing: Sequence[float | None]) -> sitk.Image | None:
+    """The grid a model works on: ``image``'s field of view and directions at a target canonical spacing.
+
+    Args:
+        image: the native image.
+        spacing: target spacing along canonical x, y and optionally z (mm); None or a missing entry keeps the
+            native spacing along that axis.
+
+    Returns:
+        An empty image carrying the grid (the field of view's outer edges are kept, so the voxel count is
+        rounded), or None when the image already has that spacing.
+
+    Example:
+        >>> img = sitk.Image([100, 80, 10], sitk.sitkUInt8)
+        >>> img.SetSpacing((0.5, 0.5, 3.0))
+        >>> grid = working_grid(img, [1.0, 1.0])
+        >>> grid.GetSize(), grid.GetSpacing()
+        ((50, 40, 10), (1.0, 1.0, 3.0))
+        >>> working_grid(grid, [1.0, 1.0]) is None
+        True
+    """
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    old = np.array(image.GetSpacing(), float)
+    new = old.copy()
+    for axis in range(3):
+        canonical = int(np.argmax(np.abs(d[:, axis])))
+        if canonical < len(spacing) and spacing[canonical] is not None:
+            new[axis] = float(spacing[canonical])
+    if np.allclose(new, old, rtol=1e-6, atol=0):
+        return None
+    size = [max(1, round(n * o / w)) for n, o, w in zip(image.GetSize(), old, new, strict=True)]
+    edge = np.array(image.GetOrigin()) - d @ (old / 2)  # the field of view's corner
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(tuple(float(v) for v in new))
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin(tuple(float(v) for v in edge + d @ (new / 2)))
+    return grid
+
+
+def resample_onto(image: sitk.Image, grid: sitk.Image, *, nearest: bool = False, default: float = 0.0) -> sitk.Image:
+    """``image`` resampled onto ``grid`` (same physical space; linear, or nearest neighbour for labels and masks)."""
+    interpolator = sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear
+    return sitk.Resample(image, grid, sitk.Transform(), interpolator, float(default), image.GetPixelID())

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medtrans.errors import MedtransError
-from medtrans.geometry import array_from_canonical, to_canonical
+from medtrans.geometry import array_from_canonical, resample_onto, to_canonical, working_grid
 from medtrans.intensity import MRNormalization, denormalize_ct, normalize_mr
 from medtrans.models import Generator
 
@@ -55,6 +55,7 @@ class Predictor:
     device: torch.device
     batch_size: int = 0  #: slices per forward pass; 0 = auto (see :func:`auto_batch_size`)
     tta_flip: bool = False
+    spacing: list[float] | None = None  #: working spacing the model was trained at (canonical x, y[, z]); None = native
 
     def __post_init__(self) -> None:
         self.batch_size = self.batch_size or auto_batch_size(self.device)
@@ -86,11 +87,21 @@ class Predictor:
         return out
 
     def predict_image(self, mr: sitk.Image) -> sitk.Image:
-        """An MR image -> synthetic CT in HU (float32) on exactly the MR's grid."""
+        """An MR image -> synthetic CT in HU (float32) on exactly the MR's grid.
+
+        The normalized MR is resampled (linear) to the working spacing the model was trained at, predicted there,
+        and the sCT is resampled (linear) back onto the MR's own grid.
+        """
         mr_norm, stats = normalize_mr(mr, self.mr_normalization)
-        canonical = sitk.GetArrayFromImage(to_canonical(mr_norm))
-        pred = self.predict_normalized(canonical, stats["background"])
-        return array_from_canonical(denormalize_ct(pred), reference=mr)
+        grid = working_grid(mr, self.spacing) if self.spacing else None
+        work = resample_onto(mr_norm, grid, default=stats["background"]) if grid is not None else mr_norm
+        pred = self.predict_normalized(sitk.GetArrayFromImage(to_canonical(work)), stats["background"])
+        hu = array_from_canonical(denormalize_ct(pred), reference=work)
+        if grid is None:
+            return hu
+        native = resample_onto(hu, mr, default=-1024.0)
+        native.CopyInformation(mr)
+        return native
 
 
 def predictor_from_bundle(bundle, *, device: torch.device, batch_size: int = 0, tta_flip: bool = False) -> Predictor:
@@ -99,4 +110,4 @@ def predictor_from_bundle(bundle, *, device: torch.device, batch_size: int = 0, 
 
     g = bundle.generator().to(device)
     return Predictor(g, bundle.mr_normalization, bundle.model.context_slices, total_stride(bundle.model), device,
-                     batch_size=batch_size, tta_flip=tta_flip)
+                     batch_size=batch_size, tta_flip=tta_flip, spacing=bundle.spacing)

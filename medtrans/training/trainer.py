@@ -182,7 +182,9 @@ def train(
     stream = BatchStream(bank, batch_size=cfg.train.batch_size, crop=cfg.train.crop_size, flip=cfg.train.flip,
                          seed=seed, rank=rank, world=world, bias_field=cfg.train.bias_field)
     # every case of a manifest was prepared with the manifest's config (a config change re-prepares all cases)
-    spec = MRNormalization.from_prepare(load_config(None, base=manifest["config"]).prepare)
+    prepared_with = load_config(None, base=manifest["config"]).prepare
+    spec = MRNormalization.from_prepare(prepared_with)
+    spacing = list(prepared_with.spacing) or None  # the working grid the slices were cut on
 
     torch.manual_seed(seed)
     gen = Generator(cfg.model).to(dev)
@@ -232,7 +234,7 @@ def train(
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.dump())
         write_json(out / "environment.json", _environment(dev, world))
-    predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev)
+    predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev, spacing=spacing)
     amp = cfg.train.amp and dev.type == "cuda"
     t_start = time.perf_counter()
     bar = tqdm(total=stop, initial=start, desc="train", unit="step", disable=not (progress and is_main))
@@ -329,7 +331,8 @@ def train(
         best_file = out / "checkpoints" / "best.pt"
         weights = (load_torch(best_file, what="the best checkpoint")["generator"] if best_file.exists()
                    else gen.state_dict())
-        bundle = save_bundle(out / "bundle", model=cfg.model, mr_normalization=spec, state_dict=weights, info={
+        bundle = save_bundle(out / "bundle", model=cfg.model, mr_normalization=spec, state_dict=weights,
+                             spacing=spacing, info={
             "trained_steps": result["step"], "selected": "best validation MAE" if best_file.exists() else "last step",
             "best_val_mae_hu": best_mae if best_step >= 0 else None, "best_step": best_step,
             "dataset": str(prep.resolve()), "split": manifest["split"],
