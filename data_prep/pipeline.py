@@ -29,13 +29,14 @@ import medtrans
 from medtrans.cohort import Case, discover
 from medtrans.config import Config, load_config
 from medtrans.data_prep.masks import body_mask, dice
-from medtrans.data_prep.registration import BODY_HU, register_ct_to_mr, resample_ct
+from medtrans.data_prep.registration import BODY_HU, register_ct_to_mr, registration_disagreement, resample_ct
 from medtrans.data_prep.slices import extract_slices
 from medtrans.errors import InputError, MedtransError
 from medtrans.fsutil import atomic_path, claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import canonical_spacing, geometry_of, resample_onto, same_grid, working_grid
 from medtrans.intensity import CT_BACKGROUND, MRNormalization, mr_foreground, normalize_ct, normalize_mr
 from medtrans.io import Volume, read_volume, require_signal, write_volume
+from medtrans.qa import Flag, flags_text
 
 SLICE_FILES = ("mr_slices.npy", "ct_slices.npy", "mask_slices.npy")
 
@@ -78,6 +79,11 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
     reg = register_ct_to_mr(mr, ct, cfg.prepare)
     ct_reg = resample_ct(ct, mr, reg.transform)
     timings["register"] = time.perf_counter() - t
+    check = registration_disagreement(mr, ct, reg.transform, cfg.prepare) if cfg.prepare.qa_registration_check \
+        else None
+    if check is not None:
+        timings["registration_check"] = check.seconds
+    flags = modality_flags(mr, ct) + registration_flags(check, cfg)
 
     t = time.perf_counter()
     provided_mask = None
@@ -128,7 +134,6 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
     timings["write"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
 
-    poor = overlap < cfg.prepare.qa_min_dice or reg.metric_after > reg.metric_before + 1e-6
     return {
         "case": case.name,
         "status": "ok",
@@ -142,8 +147,11 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
                       "parameters": list(reg.transform.GetParameters())
                       if reg.transform.GetName() != "CompositeTransform" else None},
         "qa": {"metric_before": reg.metric_before, "metric_after": reg.metric_after, "stages": reg.stages,
+               "registration_disagreement_mm": None if check is None else {"mean": check.mean_mm,
+                                                                            "p95": check.p95_mm},
                "body_dice_ct_vs_mr": overlap, "mask_source": "provided" if provided_mask is not None else "computed",
-               "flag_poor_registration": bool(poor)},
+               "flags": [f.to_dict() for f in flags],
+               "excluded": bool(flags) and not cfg.prepare.qa_keep_flagged},
         "slices": {"files": list(SLICE_FILES), "shape": list(stack.mr.shape), "window": list(stack.window),
                    "keep": keep.tolist(), "grid": geometry_of(grid if grid is not None else mr)},
         "timings_s": timings,
@@ -171,6 +179,41 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="medtrans-parent-watch").start()
+
+
+#: A CT in HU has air: at least this share of its voxels below -500 HU (the outside of the body, sinuses, lungs).
+CT_MIN_AIR_FRACTION = 0.005
+#: An MR has (almost) no strongly negative values; a "MR" with this share below -200 is a CT in HU.
+MR_MAX_NEGATIVE_FRACTION = 0.05
+
+
+def modality_flags(mr: sitk.Image, ct: sitk.Image) -> list[Flag]:
+    """Flags for images that do not look like their role (an MR and a CT swapped, a CT without its rescale)."""
+    flags = []
+    ct_arr = sitk.GetArrayViewFromImage(ct)
+    air = float(np.mean(ct_arr < -500))
+    if air < CT_MIN_AIR_FRACTION:
+        flags.append(Flag("ct_not_in_hu", "warning",
+                          f"only {100 * air:.2f} % of the CT is below -500 HU (air): it does not look like a CT in HU "
+                          "(MR and CT swapped, or values stored without their rescale?)"))
+    negative = float(np.mean(sitk.GetArrayViewFromImage(mr) < -200))
+    if negative > MR_MAX_NEGATIVE_FRACTION:
+        flags.append(Flag("mr_looks_like_ct", "warning",
+                          f"{100 * negative:.1f} % of the MR is below -200: it looks like a CT in HU (swapped?)"))
+    return flags
+
+
+def registration_flags(check, cfg: Config) -> list[Flag]:
+    """The flag of the independent registration check (docs/trust.md).
+
+    Whether mutual information improved over the initial pose is recorded but not flagged: on inputs that were
+    already aligned a sub-millimetre move lowers it slightly, which flagged every such case as a false alarm.
+    """
+    if check is None or check.mean_mm <= cfg.prepare.qa_max_mm:
+        return []
+    return [Flag("registration_uncertain", "warning",
+                 f"an independent registration disagrees by {check.mean_mm:.1f} mm on average over the body "
+                 f"(limit prepare.qa_max_mm = {cfg.prepare.qa_max_mm:g} mm): the CT may be misaligned")]
 
 
 def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
@@ -315,7 +358,8 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
                 records[rec["case"]] = rec
                 bar.update()
     bar.close()
-    ok = sorted(n for n, r in records.items() if r["status"] == "ok")
+    excluded = sorted(n for n, r in records.items() if r["status"] == "ok" and r["qa"].get("excluded"))
+    ok = sorted(n for n, r in records.items() if r["status"] == "ok" and n not in excluded)
     split = patient_split(ok, cfg.prepare.split, cfg.prepare.split_seed)
     for name, r in records.items():
         r["split"] = split.get(name)
@@ -327,6 +371,7 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
         "working_spacing": {"mm": spacing or None, "source": spacing_source},
         "split": {s: [n for n in ok if split[n] == s] for s in ("train", "val", "test")},
         "cases": [records[c.name] for c in cases],
+        "excluded": [{"case": n, "flags": records[n]["qa"]["flags"]} for n in excluded],
         "failed": [{"case": n, "error": r["error"]} for n, r in records.items() if r["status"] != "ok"],
     }
     write_json(out / "manifest.json", manifest)
@@ -334,16 +379,23 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
 
 
 def summary_table(manifest: dict[str, Any]) -> str:
-    """A plain-text table of the cases: status, split, registration QA and time."""
-    rows = [f"{'case':<24} {'status':<8} {'split':<6} {'dice':>6} {'flag':>5} {'time s':>7}  note"]
+    """A plain-text table of the cases: status, split, registration QA (mm), time and flags."""
+    rows = [f"{'case':<24} {'status':<8} {'split':<8} {'reg mm':>6} {'time s':>7}  note"]
     for r in manifest["cases"]:
         if r["status"] == "ok":
             qa = r["qa"]
-            note = "up to date" if r.get("skipped") else (f"redone: {r['redone_because']}"
-                                                           if r.get("redone_because") else "")
-            rows.append(f"{r['case']:<24} {'skipped' if r.get('skipped') else 'ok':<8} {r.get('split') or '-':<6} "
-                        f"{qa['body_dice_ct_vs_mr']:>6.3f} {'POOR' if qa['flag_poor_registration'] else '':>5} "
-                        f"{r['timings_s']['total']:>7.1f}  {note}")
+            mm = (qa.get("registration_disagreement_mm") or {}).get("mean")
+            notes = []
+            if r.get("skipped"):
+                notes.append("up to date")
+            elif r.get("redone_because"):
+                notes.append(f"redone: {r['redone_because']}")
+            flags = [Flag.from_dict(f) for f in qa.get("flags", [])]
+            if flags:
+                notes.append(("EXCLUDED: " if qa.get("excluded") else "kept: ") + flags_text(flags))
+            split = r.get("split") or ("excluded" if qa.get("excluded") else "-")
+            rows.append(f"{r['case']:<24} {'skipped' if r.get('skipped') else 'ok':<8} {split:<8} "
+                        f"{'-' if mm is None else f'{mm:.1f}':>6} {r['timings_s']['total']:>7.1f}  {'; '.join(notes)}")
         else:
-            rows.append(f"{r['case']:<24} {'FAILED':<8} {'-':<6} {'':>6} {'':>5} {'':>7}  {r['error']}")
+            rows.append(f"{r['case']:<24} {'FAILED':<8} {'-':<8} {'':>6} {'':>7}  {r['error']}")
     return "\n".join(rows)

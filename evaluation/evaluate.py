@@ -20,7 +20,7 @@ from tqdm import tqdm
 from medtrans.cohort import find_role_file
 from medtrans.errors import GeometryError, InputError, MedtransError
 from medtrans.evaluation.metrics import PROTOCOLS, compute_metrics
-from medtrans.formats import SCT_OUTPUTS, find_sct
+from medtrans.formats import SCT_OUTPUTS, find_sct, find_uncertainty, sct_record
 from medtrans.fsutil import atomic_path, claim_output_dir, sanitize_name, write_json
 from medtrans.geometry import on_grid_of, require_same_grid
 from medtrans.io import read_volume
@@ -68,8 +68,10 @@ def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[
             ct = find_role_file(d, *CT_NAMES)
             if ct is None:
                 continue
+            flags = ((sct_record(pred / name) or {}).get("flags")) or []
             pair = {"case": name, "split": case_split, "ct": ct, "mask": find_role_file(d, "mask"),
-                    "mr": find_role_file(d, "mr"), "sct": find_sct(pred / name)}
+                    "mr": find_role_file(d, "mr"), "sct": find_sct(pred / name),
+                    "uncertainty": find_uncertainty(pred / name), "flags": [f["name"] for f in flags]}
         except InputError as exc:  # e.g. two CT files in one case: reported, the others go on
             pair = {"case": name, "split": case_split, "error": str(exc)}
         pairs.append(pair)
@@ -102,12 +104,35 @@ def load_pair(pair: dict[str, Any], *, resample: bool) -> dict[str, Any]:
         raise InputError("the mask is empty", path=pair["mask"])
     out = {"ct": sitk.GetArrayFromImage(ct).astype(np.float32), "sct": sitk.GetArrayFromImage(sct).astype(np.float32),
            "mask": m, "spacing": ct.GetSpacing()}
+    if pair.get("uncertainty") is not None:
+        unc = on_grid_of(read_volume(pair["uncertainty"]).image, ct)
+        if resample:
+            unc = sitk.Resample(unc, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        require_same_grid(unc, ct, what_a=f"uncertainty {pair['uncertainty']}", what_b=f"CT {pair['ct']}")
+        out["uncertainty"] = sitk.GetArrayFromImage(unc).astype(np.float32)
     if pair["mr"] is not None:
         mr = read_volume(pair["mr"]).image
         if resample or mr.GetSize() == ct.GetSize():
             mr = sitk.Resample(mr, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             out["mr"] = sitk.GetArrayFromImage(mr)
     return out
+
+
+#: Voxels per case kept for the error-vs-uncertainty statistics (a seeded sample: memory stays bounded).
+UNCERTAINTY_SAMPLE = 200_000
+
+
+def uncertainty_vs_error(data: dict[str, Any], seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
+    """Spearman correlation of the uncertainty map with |sCT - CT| inside the mask, and a sample of (spread, error)."""
+    from scipy.stats import spearmanr
+
+    m = data["mask"]
+    spread, err = data["uncertainty"][m], np.abs(data["sct"][m] - data["ct"][m])
+    if spread.size > UNCERTAINTY_SAMPLE:
+        keep = np.random.default_rng(seed).choice(spread.size, UNCERTAINTY_SAMPLE, replace=False)
+        spread, err = spread[keep], err[keep]
+    rho = float(spearmanr(spread, err).statistic) if spread.size > 2 and spread.std() > 0 else float("nan")
+    return {"unc_mean": float(spread.mean()), "unc_spearman": rho}, np.stack([spread, err], axis=1)
 
 
 def bootstrap_ci(values: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -142,6 +167,14 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
 
     ``summary["problems"]`` lists the cases that could not be scored (the CLI then exits non-zero).
     """
+    return evaluate_method(pred, ref, out, protocol=protocol, split=split, resample=resample, report=report,
+                           progress=progress, allow_nonempty=allow_nonempty)[0]
+
+
+def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
+                    split: str | None = None, resample: bool = False, report: bool = True, progress: bool = True,
+                    allow_nonempty: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`evaluate`, also returning the per-case rows and the case pairs (for comparisons of methods)."""
     if protocol not in PROTOCOLS:
         raise MedtransError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     pred, ref, out = Path(pred), Path(ref), Path(out)
@@ -153,7 +186,7 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
                      allow_nonempty=allow_nonempty)
     ssim_col = "ssim" if PROTOCOLS[protocol].ssim == "ssim" else "ms_ssim"
     columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone"]
-    rows, problems = [], []
+    rows, problems, unc_samples = [], [], []
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
         if "error" in pair:
             problems.append({"case": pair["case"], "problem": pair["error"]})
@@ -166,15 +199,21 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
         try:
             data = load_pair(pair, resample=resample)  # read_volume rejects NaN voxels
             metrics = compute_metrics(data["ct"], data["sct"], data["mask"], protocol=protocol)
+            if "uncertainty" in data:
+                unc_stats, sample = uncertainty_vs_error(data)
+                metrics.update(unc_stats)
+                unc_samples.append(sample[: UNCERTAINTY_SAMPLE // 10])
         except (MedtransError, GeometryError, ValueError) as exc:
             problems.append({"case": pair["case"], "problem": str(exc)})
             continue
-        rows.append({"case": pair["case"], "split": pair["split"] or "", **metrics})
+        rows.append({"case": pair["case"], "split": pair["split"] or "", "flags": "|".join(pair["flags"]), **metrics})
+    if unc_samples:
+        columns += ["unc_mean", "unc_spearman"]
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["case", "split", *columns])
+        w = csv.DictWriter(fh, fieldnames=["case", "split", "flags", *columns])
         w.writeheader()
         for r in rows:
-            w.writerow({k: r[k] for k in ["case", "split", *columns]})
+            w.writerow({k: r.get(k, "") for k in ["case", "split", "flags", *columns]})
     summary = {"protocol": protocol, "splits": splits or None, "n_cases": len(pairs), "n_evaluated": len(rows),
                "metrics": summarize(rows, columns), "problems": problems}
     write_json(out / "summary.json", summary)
@@ -184,8 +223,9 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
         by_case = {p["case"]: p for p in pairs if "error" not in p}
         # volumes are re-read only for the few cases the report draws: memory stays bounded for any cohort size
         write_report(out / "report.html", rows=rows, summary=summary, columns=columns,
-                     load=lambda case: load_pair(by_case[case], resample=resample))
-    return summary
+                     load=lambda case: load_pair(by_case[case], resample=resample),
+                     uncertainty=np.concatenate(unc_samples) if unc_samples else None)
+    return summary, rows, pairs
 
 
 def one_line(summary: dict[str, Any]) -> str:

@@ -95,12 +95,32 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
+def _uncertainty_plot(samples: np.ndarray) -> str:
+    """Binned measured |sCT - CT| against the predicted spread (deciles of the spread), pooled over cases."""
+    spread, err = samples[:, 0], samples[:, 1]
+    edges = np.unique(np.percentile(spread, np.linspace(0, 100, 11)))
+    which = np.clip(np.searchsorted(edges, spread, side="right") - 1, 0, max(0, len(edges) - 2))
+    centres = [float(np.median(spread[which == b])) for b in range(len(edges) - 1) if (which == b).any()]
+    means = [float(err[which == b].mean()) for b in range(len(edges) - 1) if (which == b).any()]
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.plot(centres, means, "o-", label="measured mean |sCT - CT|")
+    top = max(max(centres, default=1), max(means, default=1))
+    ax.plot([0, top], [0, top], "k--", lw=0.8, label="error = spread")
+    ax.set_xlabel("predicted spread (HU, decile medians)")
+    ax.set_ylabel("mean absolute error (HU)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[str],
-                 load: Callable[[str], dict[str, Any]]) -> None:
-    """Render ``report.html``: summary, per-case table, metric plots, and figures of the best/worst cases.
+                 load: Callable[[str], dict[str, Any]], uncertainty: np.ndarray | None = None) -> None:
+    """Render ``report.html``: summary, per-case table with flags, metric plots, error vs uncertainty, and
+    figures of the best/worst cases.
 
     Args:
         load: returns a case's arrays (``ct``, ``sct``, ``mask``, ``spacing``, optional ``mr``) for its figures.
+        uncertainty: pooled (spread, absolute error) samples of the cases that have an uncertainty map.
     """
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>medtrans evaluation report</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
@@ -128,12 +148,20 @@ def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], c
         parts.append("<h2 id='problems'>Cases not evaluated</h2><ul class='warn'>")
         parts += [f"<li>{html.escape(p['case'])}: {html.escape(p['problem'])}</li>" for p in summary["problems"]]
         parts.append("</ul>")
-    parts.append("<h2 id='cases'>Per case</h2><table><tr><th>case</th><th>split</th>"
+    parts.append("<h2 id='cases'>Per case</h2><table><tr><th>case</th><th>split</th><th>QA flags</th>"
                  + "".join(f"<th>{c}</th>" for c in columns) + "</tr>")
     for r in rows:
+        flags = r.get("flags") or ""
         parts.append(f"<tr><th>{html.escape(r['case'])}</th><td>{html.escape(r.get('split') or '-')}</td>"
-                     + "".join(f"<td>{_fmt(r[c])}</td>" for c in columns) + "</tr>")
+                     f"<td class='{'warn' if flags else ''}'>{html.escape(flags.replace('|', ', ') or '-')}</td>"
+                     + "".join(f"<td>{_fmt(r.get(c, float('nan')))}</td>" for c in columns) + "</tr>")
     parts.append("</table>")
+    if uncertainty is not None and len(uncertainty) > 10:
+        rho = summary["metrics"].get("unc_spearman", {}).get("mean", float("nan"))
+        parts.append("<h2 id='uncertainty'>Error vs uncertainty</h2><p>Measured absolute error against the "
+                     "uncertainty map's predicted spread, in deciles of the spread, pooled over the cases that have "
+                     f"a map. Mean per-case Spearman correlation {_fmt(rho)} (docs/trust.md).</p>"
+                     f"<img alt='error vs uncertainty' src='{_uncertainty_plot(uncertainty)}'>")
     if rows:
         parts.append(f"<h2 id='plots'>Distributions</h2><img alt='metric distributions' src='{_metric_plot(rows, columns)}'>")
         ranked = sorted(rows, key=lambda r: r["mae"])

@@ -138,7 +138,7 @@ def train(
 
 @app.command()
 def convert(
-    model: Annotated[Path, typer.Option(help="Training run folder or model bundle.")],
+    model: Annotated[list[Path], typer.Option(help="Training run folder or model bundle; repeat it for an ensemble (sCTs averaged).")],
     input: Annotated[Path, typer.Option("--input", help="MR file, DICOM series, case folder or cohort.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     format: Annotated[OutFormat, typer.Option("--format", help="Output format.")] = OutFormat.nifti,
@@ -148,13 +148,17 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Redo every case, also those already up to date.")] = False,
     tta: Annotated[bool, typer.Option(help="Average with the left-right flipped prediction.")] = False,
     mr_series: MrSeriesOpt = None,
+    uncertainty: Annotated[bool, typer.Option(help="Also write a per-voxel uncertainty map (HU) from test-time passes and ensemble members.")] = False,
+    strict: Annotated[bool, typer.Option(help="Fail cases with any warning flag (an MR unlike the training MRs).")] = False,
     allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:
     """Convert MR volumes into synthetic CT on each MR's exact grid (reruns redo only what is stale)."""
     from medtrans.convert import convert_cohort
+    from medtrans.qa import Flag, flags_text
 
     results = convert_cohort(model, input, out, fmt=format.value, device=device, batch_size=batch_size, shard=shard,
-                             overwrite=overwrite, tta=tta, allow_nonempty=allow_nonempty_out, mr_series=mr_series)
+                             overwrite=overwrite, tta=tta, allow_nonempty=allow_nonempty_out, mr_series=mr_series,
+                             uncertainty=uncertainty, strict=strict)
     for r in results:
         if r["status"] == "failed":
             note = r["error"]
@@ -162,6 +166,10 @@ def convert(
             note = r["reason"]
         else:
             note = f"{r['timings_s']['total']:.1f}s" + ("" if r["reason"] == "new" else f"  redone: {r['reason']}")
+            if r.get("uncertainty"):
+                note += f"  uncertainty {r['uncertainty']['mean_in_body_hu']:.0f} HU"
+            if r.get("flags"):
+                note += "  " + flags_text([Flag.from_dict(f) for f in r["flags"]])
         typer.echo(f"{r['case']:<28} {r['status']:<8} {note}")
     failed = [r for r in results if r["status"] == "failed"]
     typer.echo(f"{len(results) - len(failed)} converted or skipped, {len(failed)} failed -> {out}")
@@ -171,7 +179,7 @@ def convert(
 
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Option(help="convert's output folder (OUT/<case>/ in any format convert writes).")],
+    pred: Annotated[list[str], typer.Option(help="convert's output folder (OUT/<case>/ in any format convert writes); repeat as NAME=DIR to compare methods on the same cases.")],
     ref: Annotated[Path, typer.Option(help="Prepared dataset (PREP), or a cohort with <case>/ct.* and mask.*.")],
     out: Annotated[Path, typer.Option(help="Evaluation folder.")],
     protocol: Annotated[Protocol, typer.Option(help="Metric definitions.")] = Protocol.synthrad2023,
@@ -179,11 +187,30 @@ def evaluate(
     resample: Annotated[bool, typer.Option(help="Resample sCT and mask onto the CT grid instead of failing.")] = False,
     allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:
-    """Score sCTs against reference CTs (SynthRAD metrics) and write a report."""
+    """Score sCTs against reference CTs (SynthRAD metrics) and write a report; several --pred compares methods."""
+    from medtrans.evaluation.compare import compare, parse_preds
     from medtrans.evaluation.evaluate import evaluate as run
     from medtrans.evaluation.evaluate import one_line
 
-    summary = run(pred, ref, out, protocol=protocol.value, split=split.value if split else None, resample=resample,
+    preds = parse_preds(pred)
+    if len(preds) > 1:
+        comparison = compare(preds, ref, out, protocol=protocol.value, split=split.value if split else None,
+                             resample=resample, allow_nonempty=allow_nonempty_out)
+        typer.echo(f"{len(preds)} methods on {comparison['n_common']} common cases:")
+        for name, means in comparison["means"].items():
+            typer.echo(f"  {name:<16} " + "  ".join(f"{k} {v:.4g}" for k, v in means.items() if v is not None))
+        for label, tests in comparison["paired"].items():
+            mae = tests.get("mae", {})
+            if mae.get("n"):
+                typer.echo(f"  {label}: MAE {mae['mean_diff']:+.1f} HU (95% CI {mae['ci95'][0]:+.1f} to "
+                           f"{mae['ci95'][1]:+.1f}, Wilcoxon p {mae['p_wilcoxon']:.3g})")
+        typer.echo(f"report: {out / 'report.html'}")
+        problems = sum(len(v) for v in comparison["problems"].values())
+        if problems:
+            typer.echo(f"{problems} case evaluation(s) failed; see each method's folder", err=True)
+            raise typer.Exit(1)
+        return
+    summary = run(next(iter(preds.values())), ref, out, protocol=protocol.value, split=split.value if split else None, resample=resample,
                   allow_nonempty=allow_nonempty_out)
     scope = f" ({'/'.join(summary['splits'])} split)" if summary["splits"] else ""
     typer.echo(f"{summary['n_evaluated']}/{summary['n_cases']} cases{scope}: {one_line(summary)}")

@@ -46,7 +46,9 @@ class PrepareConfig:
     min_body_fraction: float = 0.1  #: slices whose body area is below this fraction of the case's largest are dropped
     split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  #: train/val/test, by patient
     split_seed: int = 0  #: seed of the patient-level split
-    qa_min_dice: float = 0.85  #: QA flags a case whose CT-body vs MR-foreground Dice is below this
+    qa_registration_check: bool = True  #: register again independently and measure the disagreement in mm
+    qa_max_mm: float = 3.0  #: flag a case whose independent registration disagrees by more than this (mean over the body)
+    qa_keep_flagged: bool = False  #: keep flagged cases in the split (by default they are left out of training and evaluation)
 
 
 @dataclass
@@ -202,6 +204,7 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("prepare", "bspline_mesh"): (1, None),
     ("prepare", "mr_percentile"): (50.0, 100.0),
     ("prepare", "min_body_fraction"): (0.0, 1.0),
+    ("prepare", "qa_max_mm"): (0.0, None),
     ("model", "head_features"): (1, None),
     ("model", "disc_channels"): (1, None),
     ("model", "disc_layers"): (1, None),

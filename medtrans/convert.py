@@ -9,6 +9,7 @@ reason is reported.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -26,11 +27,13 @@ from medtrans.bundle import load_bundle
 from medtrans.cohort import Case, discover
 from medtrans.dicom_out import new_link, write_dicom_series
 from medtrans.errors import InputError, MedtransError
-from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, remove_outputs
+from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remove_outputs
 from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
-from medtrans.inference import pick_device, predictor_from_bundle
+from medtrans.inference import UNCERTAINTY_PASSES, Predictor, mean_and_spread, pick_device, predictor_from_bundle
+from medtrans.intensity import mr_foreground
 from medtrans.io import read_volume, require_signal, write_volume
+from medtrans.qa import flags_text, input_flags, mr_profile
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -52,7 +55,7 @@ def shard_cases(cases: list[Case], shard: tuple[int, int]) -> list[Case]:
     return sorted(cases, key=lambda c: c.name)[i::n]
 
 
-def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool) -> dict[str, Any]:
+def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool, uncertainty: bool = False) -> dict[str, Any]:
     """What a case's sCT depends on; a finished case is current only if its recorded provenance is equal."""
     if case.mr is None:
         raise InputError("; ".join(case.errors) or "no MR found", path=case.folder)
@@ -61,7 +64,7 @@ def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool) -> dict[str
     except OSError as exc:
         raise InputError(f"cannot be read: {exc.strerror or exc}", path=case.mr.path) from None
     return {"input_sha256": mr_hash, "series_uid": case.mr.series_uid, "bundle_sha256": bundle_hash,
-            "options": {"format": fmt, "tta_flip": tta}, "medtrans": medtrans.__version__}
+            "options": {"format": fmt, "tta_flip": tta, "uncertainty": uncertainty}, "medtrans": medtrans.__version__}
 
 
 def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
@@ -89,13 +92,16 @@ def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
     return None
 
 
-def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_info: dict[str, Any],
-                 prov: dict[str, Any],
+def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt: str, bundle_info: dict[str, Any],
+                 prov: dict[str, Any], uncertainty: bool = False, strict: bool = False,
                  series_description: str = "medtrans synthetic CT (not for diagnosis)") -> dict[str, Any]:
     """Convert one case and write its outputs; returns the ``sct.json`` record.
 
-    Earlier outputs of the case are removed before anything is written, so that a failure or a kill leaves
-    the case absent, never an old sCT beside a new input.
+    The MR is checked against the training profile in ``bundle_info`` first (:mod:`medtrans.qa`): an error flag
+    fails the case, and so does a warning with ``strict``. Several predictors (an ensemble) are averaged; with
+    ``uncertainty`` each runs the test-time passes too, and the voxelwise spread of all of them is written beside
+    the sCT. Earlier outputs of the case are removed before anything is written, so that a failure or a kill
+    leaves the case absent, never an old sCT beside a new input.
     """
     t0 = time.perf_counter()
     if case.mr is None:
@@ -105,9 +111,20 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_info:
     sweep_stale_temps(out_dir)  # left by a run killed mid-write
     vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
     require_signal(vol, "MR")
+    flags = input_flags(mr_profile(vol.image, predictors[0].mr_normalization), bundle_info.get("training_profile"))
+    failing = [f for f in flags if f.severity == "error" or (strict and f.severity == "warning")]
+    if failing:
+        raise InputError(flags_text(failing) + (" (--strict)" if strict and all(f.severity == "warning"
+                                                                                for f in failing) else ""),
+                         path=case.mr.path)
     t_read = time.perf_counter() - t0
     t = time.perf_counter()
-    sct = predictor.predict_image(vol.image)
+    if uncertainty:
+        sct, spread = mean_and_spread([s for p in predictors for s in p.predict_passes(vol.image)])
+    elif len(predictors) > 1:
+        sct, spread = mean_and_spread([p.predict_image(vol.image) for p in predictors])
+    else:
+        sct, spread = predictors[0].predict_image(vol.image), None
     t_infer = time.perf_counter() - t
     t = time.perf_counter()
     hu = sitk.GetArrayFromImage(sct)
@@ -123,6 +140,15 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_info:
                                   "BurnedInAnnotation": "NO"})
     else:
         write_volume(sct_int, out_dir / SCT_OUTPUTS[fmt])
+    unc_record = None
+    if uncertainty and spread is not None:
+        spread.CopyInformation(vol.image)
+        write_volume(spread, out_dir / UNCERTAINTY_OUTPUTS[fmt])
+        body = mr_foreground(np.maximum(sitk.GetArrayFromImage(vol.image).astype(np.float32), 0))
+        values = sitk.GetArrayViewFromImage(spread)[body] if body.any() else sitk.GetArrayViewFromImage(spread).ravel()
+        unc_record = {"output": UNCERTAINTY_OUTPUTS[fmt], "unit": "HU (standard deviation)",
+                      "mean_in_body_hu": float(values.mean()), "p95_in_body_hu": float(np.percentile(values, 95)),
+                      "passes_per_model": len(UNCERTAINTY_PASSES), "models": len(predictors)}
     t_write = time.perf_counter() - t
     record = {
         "case": case.name,
@@ -132,47 +158,62 @@ def convert_case(case: Case, out_dir: Path, predictor, *, fmt: str, bundle_info:
         "input": case.mr.describe(),
         "geometry": geometry_of(vol.image),
         "input_reconstruction": vol.reconstruction,
+        "flags": [f.to_dict() for f in flags],
+        "uncertainty": unc_record,
         "dicom_linked_to_source_study": linked,
         "provenance": prov,
         "bundle_sha256": prov["bundle_sha256"],
         "bundle": {k: bundle_info.get(k) for k in ("trained_steps", "selected", "best_val_mae_hu", "model")},
-        "tta_flip": predictor.tta_flip,
+        "models": len(predictors),
+        "tta_flip": predictors[0].tta_flip,
         "software": {"medtrans": medtrans.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": str(predictor.device),
+        "device": str(predictors[0].device),
         "timings_s": {"read": t_read, "inference": t_infer, "write": t_write, "total": time.perf_counter() - t0},
     }
     write_json(out_dir / SCT_RECORD, record)  # last: marks the case complete
     return record
 
 
-def convert_cohort(model: str | Path, input_path: str | Path, out: str | Path, *, fmt: str = "nifti",
-                   device: str = "auto", batch_size: int = 0, shard: str | None = None, overwrite: bool = False,
-                   tta: bool = False, progress: bool = True, allow_nonempty: bool = False,
-                   mr_series: str | None = None) -> list[dict[str, Any]]:
+def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path, out: str | Path, *,
+                   fmt: str = "nifti", device: str = "auto", batch_size: int = 0, shard: str | None = None,
+                   overwrite: bool = False, tta: bool = False, progress: bool = True, allow_nonempty: bool = False,
+                   mr_series: str | None = None, uncertainty: bool = False,
+                   strict: bool = False) -> list[dict[str, Any]]:
     """Convert every case under ``input_path``; failures are recorded and the others go on.
+
+    Args:
+        model: a run folder or bundle, or several (an ensemble: their sCTs are averaged).
+        uncertainty: also write the voxelwise spread of test-time passes and ensemble members (HU).
+        strict: fail a case that has any warning flag (by default warnings are recorded and the case converts).
 
     Each result has ``status`` ``ok`` (converted; ``reason`` says why when an earlier output was replaced),
     ``skipped`` (already current) or ``failed`` (``error``).
     """
     if fmt not in SCT_OUTPUTS:
         raise MedtransError(f"--format must be one of {', '.join(SCT_OUTPUTS)}")
-    bundle = load_bundle(model)
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    bundles = [load_bundle(m) for m in models]
+    if len({json.dumps(b.mr_normalization.to_dict()) for b in bundles}) > 1:
+        raise MedtransError("the models of an ensemble must share one MR normalization; these differ: "
+                            + ", ".join(str(m) for m in models))
     cases = shard_cases(discover(input_path, mr_series=mr_series), parse_shard(shard))
-    out = claim_output_dir(out, kind="convert", inputs=[input_path, model], signatures=[f"*/{SCT_RECORD}"],
+    out = claim_output_dir(out, kind="convert", inputs=[input_path, *models], signatures=[f"*/{SCT_RECORD}"],
                            allow_nonempty=allow_nonempty)
     dev = pick_device(device)
-    predictor = predictor_from_bundle(bundle, device=dev, batch_size=batch_size, tta_flip=tta)
-    bundle_hash = bundle.hash()
+    predictors = [predictor_from_bundle(b, device=dev, batch_size=batch_size, tta_flip=tta) for b in bundles]
+    hashes = [b.hash() for b in bundles]
+    bundle_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
     results = []
     for case in tqdm(cases, desc="convert", unit="case", disable=not progress):
         case_dir = out / case.name
         try:
-            prov = provenance(case, bundle_hash=bundle_hash, fmt=fmt, tta=tta)
+            prov = provenance(case, bundle_hash=bundle_hash, fmt=fmt, tta=tta, uncertainty=uncertainty)
             reason = "--overwrite" if overwrite else stale_reason(case_dir, prov)
             if reason is None:
                 results.append({"case": case.name, "status": "skipped", "reason": "up to date"})
                 continue
-            rec = convert_case(case, case_dir, predictor, fmt=fmt, bundle_info=bundle.info, prov=prov)
+            rec = convert_case(case, case_dir, predictors, fmt=fmt, bundle_info=bundles[0].info, prov=prov,
+                               uncertainty=uncertainty, strict=strict)
             results.append({**rec, "reason": reason})
         except MedtransError as exc:
             results.append({"case": case.name, "status": "failed", "error": str(exc)})

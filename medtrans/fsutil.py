@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -179,17 +180,20 @@ def load_torch(path: str | Path, *, what: str) -> Any:
 
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns on stderr about odd pickle protocols of damaged files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):  # a well-formed pickle that names code to run: refused
             raise DatasetError(
-                f"{what} holds objects other than tensors and plain values and was refused (it may not come from "
+                f"refused as {what}: it holds objects other than tensors and plain values (it may not come from "
                 "medtrans, or may be unsafe to load)", path=path) from None
-        raise DatasetError(f"{what} is damaged or not a PyTorch weights file (not a valid checkpoint)",
+        raise DatasetError(f"cannot be loaded as {what}: it is damaged or not a PyTorch weights file",
                            path=path) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise DatasetError(f"{what} is damaged or not a PyTorch weights file ({first})", path=path) from None
+        raise DatasetError(f"cannot be loaded as {what}: it is damaged or not a PyTorch weights file ({first})",
+                           path=path) from None
 
 
 #: The file by which a command recognises a folder it wrote: ``{"kind": <command>, "medtrans": <version>}``.

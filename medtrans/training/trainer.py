@@ -31,6 +31,7 @@ from medtrans.fsutil import claim_output_dir, load_torch, save_torch, write_json
 from medtrans.inference import Predictor, pick_device
 from medtrans.intensity import MRNormalization
 from medtrans.models import Discriminator, Generator, total_stride
+from medtrans.qa import mr_profile, training_profile
 from medtrans.training.data import BatchStream, load_bank, load_manifest
 
 LOG_EVERY = 10
@@ -331,8 +332,12 @@ def train(
         best_file = out / "checkpoints" / "best.pt"
         weights = (load_torch(best_file, what="the best checkpoint")["generator"] if best_file.exists()
                    else gen.state_dict())
+        # what the input checks of convert compare an MR with (medtrans.qa): the training MRs' profile
+        profile = training_profile([mr_profile(sitk.ReadImage(str(prep / name / "mr.nii.gz")), spec)
+                                    for name in manifest["split"]["train"]])
         bundle = save_bundle(out / "bundle", model=cfg.model, mr_normalization=spec, state_dict=weights,
                              spacing=spacing, info={
+            "training_profile": profile,
             "trained_steps": result["step"], "selected": "best validation MAE" if best_file.exists() else "last step",
             "best_val_mae_hu": best_mae if best_step >= 0 else None, "best_step": best_step,
             "dataset": str(prep.resolve()), "split": manifest["split"],

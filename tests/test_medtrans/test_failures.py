@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -138,7 +137,7 @@ def test_bad_checkpoints_and_bundles_are_refused_in_one_line(tiny_run, prepared,
     torch.save({"step": 1, "payload": NotAWeight()}, bad_run / "checkpoints" / "last.pt")
     assert_one_line_error(cli("train", "--data", str(prepared), "--out", str(bad_run), "--resume"),
                           "last.pt", "refused")
-    (bad_run / "bundle" / "model.pt").write_bytes(os.urandom(4096))
+    (bad_run / "bundle" / "model.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     mr = prepared / "phantom_000" / "mr.nii.gz"
     assert_one_line_error(cli("convert", "--model", str(bad_run), "--input", str(mr), "--out", str(tmp_path / "o1")),
                           "model.pt", "damaged or not a PyTorch weights file")
@@ -175,7 +174,7 @@ def test_convert_reruns_are_decided_by_provenance(tiny_run, prepared, tmp_path):
     torch.save(state, retrained / "model.pt")
     assert run(model=retrained, fmt="mha", tta=True)["reason"] == "the model changed"
     record = json.loads((out / "a" / "sct.json").read_text())
-    assert record["provenance"]["options"] == {"format": "mha", "tta_flip": True}
+    assert record["provenance"]["options"] == {"format": "mha", "tta_flip": True, "uncertainty": False}
     # a failure removes the old output: a stale sCT is never left beside a new input
     (cohort / "a" / "mr.nii.gz").write_bytes(b"\x1f\x8b not gzip")
     assert run(model=retrained, fmt="mha", tta=True)["status"] == "failed"
@@ -316,7 +315,7 @@ def test_evaluate_reads_dicom_scores_the_test_split_and_exits_1_on_problems(tiny
     n_test = len(manifest["split"]["test"])
     assert r.returncode == 0 and f"{n_test}/{n_test} cases (test split)" in r.stdout, r.stdout + r.stderr
     rows = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()
-    assert rows[0].startswith("case,split,mae") and all(",test," in row for row in rows[1:]) and len(rows) == 1 + n_test
+    assert rows[0].startswith("case,split,flags,mae") and all(",test," in row for row in rows[1:]) and len(rows) == 1 + n_test
     r = cli("evaluate", "--pred", str(tmp_path / "sct"), "--ref", str(prepared), "--out", str(tmp_path / "all"),
             "--split", "all")
     assert r.returncode == 0 and "4/4 cases (test/train/val split)" in r.stdout, r.stdout

@@ -1,0 +1,45 @@
+"""evaluate with several --pred: methods side by side on the same cases, paired tests, one montage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import SimpleITK as sitk
+
+from medtrans.config import load_config
+from medtrans.convert import convert_cohort
+from medtrans.evaluation.baselines import fit_baselines, lookup_sct
+from medtrans.intensity import MRNormalization
+from medtrans.io import write_volume
+
+
+def test_two_methods_compared_on_common_cases(tiny_run, prepared, tmp_path):
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    convert_cohort(tiny_run, prepared, tmp_path / "model", device="cpu", progress=False)
+    spec = MRNormalization.from_prepare(load_config(None, base=manifest["config"]).prepare)
+    lookup, _ = fit_baselines(prepared, manifest["split"]["train"], spec)
+    cases = sorted(r["case"] for r in manifest["cases"])
+    for name in cases[:-1]:  # the lookup misses one case: only common cases are compared
+        write_volume(lookup_sct(lookup, sitk.ReadImage(str(prepared / name / "mr.nii.gz")), spec),
+                     tmp_path / "lookup" / name / "sct.nii.gz")
+    r = subprocess.run([sys.executable, "-m", "medtrans", "evaluate", "--pred", f"model={tmp_path / 'model'}",
+                        "--pred", f"lookup={tmp_path / 'lookup'}", "--ref", str(prepared), "--split", "all",
+                        "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr  # the lookup's missing case is reported
+    assert "lookup - model: MAE" in r.stdout and "Wilcoxon p" in r.stdout, r.stdout
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert comparison["methods"] == ["model", "lookup"] and comparison["n_common"] == len(cases) - 1
+    test = comparison["paired"]["lookup - model"]["mae"]
+    assert test["n"] == len(cases) - 1 and test["ci95"][0] <= test["mean_diff"] <= test["ci95"][1]
+    assert 0 <= test["p_wilcoxon"] <= 1
+    with open(tmp_path / "cmp" / "comparison.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * (len(cases) - 1) and {r["method"] for r in rows} == {"model", "lookup"}
+    for name in ("model", "lookup"):  # each method also gets its own evaluation
+        assert (tmp_path / "cmp" / name / "metrics.csv").is_file()
+    html = (tmp_path / "cmp" / "report.html").read_text()
+    assert "id='paired'" in html and len(re.findall(r"alt='montage ", html)) >= 1
