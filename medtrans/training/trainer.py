@@ -3,7 +3,10 @@
 
 ``train.max_steps`` in the config is the schedule's horizon (the learning rate decays to zero there);
 ``--max-steps`` on the command line only says where this invocation stops, so that 8 steps followed by
-``--resume --max-steps 16`` equals 16 steps straight, bit for bit on CPU. A resumed run keeps its saved
+``--resume --max-steps 16`` equals 16 steps straight, bit for bit on CPU. With ``--max-minutes`` the horizon
+follows the budget instead: after :data:`BUDGET_WARMUP_STEPS` steps the measured time per step fixes the step at
+which the budget ends (never beyond ``train.max_steps``), and the checkpoint records it, so a resume continues the
+same schedule. A resumed run keeps its saved
 config; only the keys in :data:`RESUME_SAFE_KEYS` (which cannot change the weights) may differ.
 """
 
@@ -36,6 +39,10 @@ from medtrans.training.data import BatchStream, load_bank, load_manifest
 
 LOG_EVERY = 10
 OUTSIDE_MASK_WEIGHT = 0.1  # masked L1 still keeps the background near air
+#: A time budget fixes the learning-rate schedule's horizon after this many steps, timing those after the first
+#: BUDGET_SKIP_STEPS (which carry one-time costs: allocation, first-touch of the data, thread pools).
+BUDGET_WARMUP_STEPS = 25
+BUDGET_SKIP_STEPS = 5
 #: Config keys a resumed run may change: they steer bookkeeping, not the weights.
 RESUME_SAFE_KEYS = frozenset({"train.threads", "train.val_every", "train.checkpoint_every"})
 
@@ -103,6 +110,17 @@ def validate(predictor: Predictor, prep: Path, cases: list[str]) -> dict[str, fl
         sct = sitk.GetArrayFromImage(predictor.predict_image(mr))
         rows.append(compute_metrics(ct, sct, mask))
     return {k: float(np.mean([r[k] for r in rows])) for k in ("mae", "psnr", "ssim")}
+
+
+def _budget_horizon(done: int, elapsed: float, per_step: float, max_minutes: float, max_steps: int, world: int,
+                    dev: torch.device) -> int:
+    """The step at which a time budget ends, from the measured time per step (rank 0's value on every rank)."""
+    horizon = min(max_steps, done + int(max(0.0, 60 * max_minutes - elapsed) / max(per_step, 1e-9)))
+    if world > 1:
+        value = torch.tensor([horizon], device=dev)
+        dist.broadcast(value, src=0)
+        horizon = int(value.item())
+    return max(horizon, done + 1)
 
 
 def _environment(device: torch.device, world: int) -> dict[str, Any]:
@@ -199,7 +217,14 @@ def train(
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)
     opt_d = (torch.optim.Adam(disc.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)
              if disc is not None else None)
-    factor = _lr_factor(cfg.train.max_steps, cfg.train.decay_from)
+    # the horizon is read at every step, so that a time budget can fix it once the step time is known
+    schedule = {"horizon": cfg.train.max_steps, "fixed": max_minutes is None}
+    if state is not None and "lr_horizon" in state:
+        schedule.update(horizon=int(state["lr_horizon"]), fixed=bool(state["lr_horizon_fixed"]) or max_minutes is None)
+
+    def factor(step: int) -> float:
+        return _lr_factor(schedule["horizon"], cfg.train.decay_from)(step)
+
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, factor)
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, factor) if opt_d is not None else None
     start, best_mae, best_step = 0, float("inf"), -1
@@ -240,11 +265,12 @@ def train(
     t_start = time.perf_counter()
     bar = tqdm(total=stop, initial=start, desc="train", unit="step", disable=not (progress and is_main))
     sums = torch.zeros(3, device=dev)
-    n_acc, t_log, step = 0, time.perf_counter(), start
+    n_acc, t_log, step, t_timed = 0, time.perf_counter(), start, time.perf_counter()
 
     def checkpoint(step_done: int) -> None:
         save_torch(ckpt_path, {
             "step": step_done, "seed": seed, "best_mae": best_mae, "best_step": best_step,
+            "lr_horizon": schedule["horizon"], "lr_horizon_fixed": schedule["fixed"],
             "config_json": json.dumps(cfg.to_dict()), "generator": gen.state_dict(), "opt_g": opt_g.state_dict(),
             "sched_g": sched_g.state_dict(), "torch_rng": torch.get_rng_state(),
             **({"discriminator": disc.state_dict(), "opt_d": opt_d.state_dict(), "sched_d": sched_d.state_dict()}
@@ -283,7 +309,20 @@ def train(
             sums += torch.stack([g_loss.detach(), l1.detach(), d_loss.detach()])
             n_acc += 1
             done = step + 1
-            timed_out = max_minutes is not None and (time.perf_counter() - t_start) > 60 * max_minutes
+            if not schedule["fixed"]:
+                if done - start == BUDGET_SKIP_STEPS:  # the first steps carry one-time costs: time the ones after
+                    t_timed = time.perf_counter()
+                elif done - start >= BUDGET_WARMUP_STEPS:
+                    now = time.perf_counter()
+                    per_step = (now - t_timed) / (done - start - BUDGET_SKIP_STEPS)
+                    schedule.update(horizon=_budget_horizon(done, now - t_start, per_step, max_minutes,
+                                                            cfg.train.max_steps, world, dev), fixed=True)
+                    if is_main:
+                        with open(log_file, "a") as fh:
+                            fh.write(json.dumps({"step": done, "lr_horizon": schedule["horizon"]}) + "\n")
+            # a budgeted run ends at its horizon (the rate is zero there); the clock stays a backstop
+            timed_out = max_minutes is not None and ((time.perf_counter() - t_start) > 60 * max_minutes
+                                                     or (schedule["fixed"] and done >= schedule["horizon"]))
             if world > 1 and max_minutes is not None:
                 flag = torch.tensor([int(timed_out)], device=dev)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)

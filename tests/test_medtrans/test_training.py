@@ -155,3 +155,21 @@ def test_empty_dataset_and_missing_cuda(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(MedtransError, match="no CUDA device"):
             train(tmp_path / "empty", tmp_path / "run", load_config(None), device="cuda", progress=False)
+
+
+def test_time_budget_fixes_the_lr_horizon_and_resume_keeps_it(prepared, tmp_path):
+    """With --max-minutes the learning rate decays within the budget; the horizon is recorded and resumed."""
+    cfg = load_config(None, overrides=[*TINY, "train.max_steps=1000000", "train.val_every=1000000",
+                                       "train.checkpoint_every=1000000"])
+    result = train(prepared, tmp_path / "run", cfg, max_minutes=0.2, device="cpu", progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    horizon = next(r["lr_horizon"] for r in logs if "lr_horizon" in r)
+    assert 20 < horizon < 1_000_000 and result["step"] <= horizon
+    lrs = [r["lr"] for r in logs if "lr" in r]
+    assert lrs[-1] < 0.6 * cfg.train.lr, (lrs[-1], result["step"], horizon)  # decayed within the budget
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["lr_horizon"] == horizon and state["lr_horizon_fixed"]
+    if result["step"] < horizon:  # finish the same schedule: the rate reaches zero exactly at the horizon
+        train(prepared, tmp_path / "run", cfg, stop_step=horizon, resume=True, device="cpu", progress=False)
+        logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["lr"] for r in logs if "lr" in r][-1] == 0.0
