@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 import torch.distributed as dist
+import yaml
 from monai.losses import PatchAdversarialLoss
 from tqdm import tqdm
 
@@ -52,14 +53,27 @@ def checkpoint_file(out: str | Path) -> Path:
     return Path(out) / "checkpoints" / "last.pt"
 
 
-def saved_config(out: str | Path) -> dict[str, Any]:
-    """The resolved config a run was started with (from its last checkpoint)."""
-    state = load_torch(checkpoint_file(out), what="the run's last checkpoint")
+def _config_of(state: Any, path: Path) -> dict[str, Any]:
     try:
         return json.loads(state["config_json"])
     except (KeyError, TypeError, json.JSONDecodeError):
-        raise MedtransError("the run's last checkpoint holds no config; it was not written by medtrans train",
-                            path=checkpoint_file(out)) from None
+        raise MedtransError("the checkpoint holds no config; it was not written by medtrans train", path=path) from None
+
+
+def saved_config(out: str | Path) -> dict[str, Any]:
+    """The resolved config a run runs with: its ``config.yaml`` (cheap), else its last checkpoint's.
+
+    The trainer itself compares a resume against the checkpoint's copy, which is what the weights were trained with.
+    """
+    text = Path(out) / "config.yaml"
+    if text.is_file():
+        try:
+            data = yaml.safe_load(text.read_text())
+            if isinstance(data, dict):
+                return data
+        except (OSError, yaml.YAMLError):
+            pass
+    return _config_of(load_torch(checkpoint_file(out), what="the run's last checkpoint"), checkpoint_file(out))
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -179,13 +193,13 @@ def train(
     if resume:
         if not ckpt_path.is_file():
             raise MedtransError(f"--resume: no checkpoint at {ckpt_path}")
-        saved = saved_config(out)
-        changed = [k for k in config_differences(cfg.to_dict(), saved) if k not in RESUME_SAFE_KEYS]
+        state = load_torch(ckpt_path, what="the run's last checkpoint")
+        changed = [k for k in config_differences(cfg.to_dict(), _config_of(state, ckpt_path))
+                   if k not in RESUME_SAFE_KEYS]
         if changed:
             raise ConfigError(f"--resume keeps the run's saved config, but these keys differ from it: "
                               f"{', '.join(changed)}; start a new run to change them (a resume may change only "
                               f"{', '.join(sorted(RESUME_SAFE_KEYS))})")
-        state = load_torch(ckpt_path, what="the run's last checkpoint")
         seed = int(state["seed"])
     elif ckpt_path.exists():
         raise MedtransError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -317,6 +331,8 @@ def train(
                     per_step = (now - t_timed) / (done - start - BUDGET_SKIP_STEPS)
                     schedule.update(horizon=_budget_horizon(done, now - t_start, per_step, max_minutes,
                                                             cfg.train.max_steps, world, dev), fixed=True)
+                    bar.total = min(stop, schedule["horizon"])  # what the budget allows, not train.max_steps
+                    bar.refresh()
                     if is_main:
                         with open(log_file, "a") as fh:
                             fh.write(json.dumps({"step": done, "lr_horizon": schedule["horizon"]}) + "\n")
