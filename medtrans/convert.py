@@ -31,7 +31,7 @@ from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remov
 from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
 from medtrans.inference import UNCERTAINTY_PASSES, Predictor, mean_and_spread, pick_device, predictor_from_bundle
-from medtrans.intensity import mr_foreground
+from medtrans.intensity import mr_foreground, normalize_mr
 from medtrans.io import read_volume, require_signal, write_volume
 from medtrans.qa import flags_text, input_flags, mr_profile
 
@@ -111,7 +111,10 @@ def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt:
     sweep_stale_temps(out_dir)  # left by a run killed mid-write
     vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
     require_signal(vol, "MR")
-    flags = input_flags(mr_profile(vol.image, predictors[0].mr_normalization), bundle_info.get("training_profile"))
+    # normalized once: the input profile and every predictor (ensemble members share one normalization) use it
+    normalized = normalize_mr(vol.image, predictors[0].mr_normalization)
+    flags = input_flags(mr_profile(vol.image, predictors[0].mr_normalization, normalized=normalized[0]),
+                        bundle_info.get("training_profile"))
     failing = [f for f in flags if f.severity == "error" or (strict and f.severity == "warning")]
     if failing:
         raise InputError(flags_text(failing) + (" (--strict)" if strict and all(f.severity == "warning"
@@ -120,11 +123,12 @@ def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt:
     t_read = time.perf_counter() - t0
     t = time.perf_counter()
     if uncertainty:
-        sct, spread = mean_and_spread([s for p in predictors for s in p.predict_passes(vol.image)])
+        sct, spread = mean_and_spread([s for p in predictors
+                                       for s in p.predict_passes(vol.image, normalized=normalized)])
     elif len(predictors) > 1:
-        sct, spread = mean_and_spread([p.predict_image(vol.image) for p in predictors])
+        sct, spread = mean_and_spread([p.predict_image(vol.image, normalized=normalized) for p in predictors])
     else:
-        sct, spread = predictors[0].predict_image(vol.image), None
+        sct, spread = predictors[0].predict_image(vol.image, normalized=normalized), None
     t_infer = time.perf_counter() - t
     t = time.perf_counter()
     hu = sitk.GetArrayFromImage(sct)

@@ -102,24 +102,25 @@ class Predictor:
         self.generator.train(was_training)
         return out
 
-    def predict_image(self, mr: sitk.Image) -> sitk.Image:
+    def predict_image(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None) -> sitk.Image:
         """An MR image -> synthetic CT in HU (float32) on exactly the MR's grid.
 
         The normalized MR is resampled (linear) to the working spacing the model was trained at, predicted there,
         and the sCT is resampled (linear) back onto the MR's own grid.
         """
-        return self.predict_passes(mr, ((False, 1.0, 0),))[0]
+        return self.predict_passes(mr, ((False, 1.0, 0),), normalized=normalized)[0]
 
-    def predict_passes(self, mr: sitk.Image, passes: tuple[tuple[bool, float, int], ...] = UNCERTAINTY_PASSES
-                       ) -> list[sitk.Image]:
+    def predict_passes(self, mr: sitk.Image, passes: tuple[tuple[bool, float, int], ...] = UNCERTAINTY_PASSES,
+                       *, normalized: tuple[sitk.Image, dict] | None = None) -> list[sitk.Image]:
         """One sCT (HU, on the MR's grid) per test-time pass ``(left-right flip, intensity gain, shift)``.
 
         The gain scales the normalized MR about its background value, as if the normalization's high percentile
         had come out that much lower or higher; the shift moves the slices by whole pixels (undone on the
         output). The spread of the passes is the model's sensitivity to such plausible changes of its input (the
-        uncertainty map, see docs/trust.md).
+        uncertainty map, see docs/trust.md). ``normalized`` is ``normalize_mr(mr, self.mr_normalization)`` when the
+        caller already has it (it is the costly part with N4).
         """
-        mr_norm, stats = normalize_mr(mr, self.mr_normalization)
+        mr_norm, stats = normalized if normalized is not None else normalize_mr(mr, self.mr_normalization)
         background = stats["background"]
         grid = working_grid(mr, self.spacing) if self.spacing else None
         work = resample_onto(mr_norm, grid, default=background) if grid is not None else mr_norm

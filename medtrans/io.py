@@ -411,7 +411,8 @@ def _read_dicom_folder(folder: Path, *, series_uid: str | None, modality: str | 
         vol = _read_single_dicom(chosen.files[0])
         vol.source = folder
         return vol
-    files, first, regular = sort_series(chosen, folder)
+    files, headers, regular = sort_series(chosen, folder)
+    first = headers[0]
     what = f"series {chosen.series_uid}"
     if regular:
         reader = sitk.ImageSeriesReader()
@@ -422,7 +423,6 @@ def _read_dicom_folder(folder: Path, *, series_uid: str | None, modality: str | 
             raise DicomSeriesError(f"{what} cannot be read: {_itk_reason(exc)}", path=folder) from None
         return Volume(image=image, source=folder, modality=chosen.modality or None, dicom_link=_link_of(first))
     # tilted or irregularly spaced: read each slice (SimpleITK applies the rescale) and stack them ourselves
-    headers = [read_dicom_header(f) for f in files]
     pixels = np.stack([sitk.GetArrayFromImage(_sitk_read(f, "DICOM image")).reshape(int(h.Rows), int(h.Columns))
                        for f, h in zip(files, headers, strict=True)]).astype(np.float32)
     stack = FrameStack(pixels, np.array([[float(v) for v in h.ImagePositionPatient] for h in headers]),
@@ -433,12 +433,13 @@ def _read_dicom_folder(folder: Path, *, series_uid: str | None, modality: str | 
                   reconstruction=record)
 
 
-def sort_series(series: DicomSeriesInfo, folder: Path) -> tuple[list[Path], Any, bool]:
+def sort_series(series: DicomSeriesInfo, folder: Path) -> tuple[list[Path], list[Any], bool]:
     """Sort a series' files along the slice normal and check that they form one volume.
 
     Returns:
-        The sorted files, the first slice's header, and whether the stack is regular (untilted, uniform slice
-        spacing): SimpleITK reads a regular stack as it is; any other is resampled by :func:`stack_to_image`.
+        The sorted files, their headers (same order, pixels not read), and whether the stack is regular
+        (untilted, uniform slice spacing): SimpleITK reads a regular stack as it is; any other is resampled by
+        :func:`stack_to_image`.
 
     Raises:
         DicomSeriesError: missing orientation/position, mixed orientations or pixel spacings, duplicate positions,
@@ -448,7 +449,7 @@ def sort_series(series: DicomSeriesInfo, folder: Path) -> tuple[list[Path], Any,
     for f, ds in headers:
         check_pixel_data(ds, f)
     if len(headers) == 1:
-        return [headers[0][0]], headers[0][1], True
+        return [headers[0][0]], [headers[0][1]], True
     orients = defaultdict(list)
     for f, ds in headers:
         if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
@@ -465,7 +466,8 @@ def sort_series(series: DicomSeriesInfo, folder: Path) -> tuple[list[Path], Any,
     iop = np.asarray(headers[0][1].ImageOrientationPatient, float)
     positions = np.array([np.asarray(ds.ImagePositionPatient, float) for _, ds in headers])
     layout = slice_layout(positions, np.cross(iop[:3], iop[3:]), what=f"series {series.series_uid}", source=folder)
-    return [headers[i][0] for i in layout.order], headers[layout.order[0]][1], layout.regular
+    ordered = [headers[i] for i in layout.order]
+    return [f for f, _ in ordered], [ds for _, ds in ordered], layout.regular
 
 
 # --------------------------------------------------------------------------------------------- slice stacks

@@ -54,10 +54,13 @@ def flags_text(flags: list[Flag]) -> str:
 # ------------------------------------------------------------------------------------------------ MR profiles
 
 
-def mr_profile(mr: sitk.Image, spec: MRNormalization) -> dict[str, Any]:
+def mr_profile(mr: sitk.Image, spec: MRNormalization, *, normalized: sitk.Image | None = None) -> dict[str, Any]:
     """What the input checks compare: the normalized intensity histogram of the MR foreground, spacing, body
-    extent (mm along the canonical axes), orientation and the foreground's share of the field of view."""
-    norm, _ = normalize_mr(mr, spec)
+    extent (mm along the canonical axes), orientation and the foreground's share of the field of view.
+
+    ``normalized`` is ``normalize_mr(mr, spec)[0]`` when the caller already has it.
+    """
+    norm = normalized if normalized is not None else normalize_mr(mr, spec)[0]
     arr = sitk.GetArrayFromImage(to_canonical(norm))
     raw = np.maximum(sitk.GetArrayFromImage(to_canonical(mr)).astype(np.float32), 0)
     fg = mr_foreground(raw)
