@@ -1,7 +1,9 @@
-"""Training-step slices/s: medtrans (default config) vs a pix2pix reference loop, same device, same run.
+"""Training-step slices/s: medtrans's own training step (both modes) vs a pix2pix reference loop, same device, same run.
 
-The reference is the pix2pix paper's setup written here: unet_256 generator (4x4 convolutions, BatchNorm,
-8 down/up levels), 70x70 PatchGAN, batch 1, fp32, Adam, 256x256. Random data: the step only.
+medtrans is timed through :class:`medtrans.training.trainer.TrainStep`, the step ``medtrans train`` runs, with the
+trainer's own models and optimizers (default config; pix2pix mode with ``train.gan_weight=1``). The reference is the
+pix2pix paper's setup written here: unet_256 generator (4x4 convolutions, BatchNorm, 8 down/up levels), 70x70
+PatchGAN, batch 1, fp32, Adam, 256x256. Random data: the step only.
 Usage: python benchmarks/train_throughput.py [--quick] [--device auto]
 """
 
@@ -17,7 +19,7 @@ from torch import nn
 from medtrans.config import load_config
 from medtrans.inference import pick_device
 from medtrans.models import Discriminator, Generator
-from medtrans.training.trainer import masked_l1
+from medtrans.training.trainer import TrainStep, masked_l1, optimizers
 
 
 def down(i, o, norm=True):
@@ -100,29 +102,18 @@ def main() -> None:
                           torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999)), adv, False, dev),
                   1, 1, 256, dev, n)
     batch = a.batch or (64 if dev.type == "cuda" else cfg.train.batch_size)
-    amp = dev.type == "cuda"
-    fused = dev.type == "cuda"
-    fmt = torch.channels_last if amp else torch.contiguous_format
+    amp = dev.type == "cuda" and cfg.train.amp
+    fmt = torch.channels_last if (dev.type == "cuda" and cfg.train.channels_last) else torch.contiguous_format
     results = {}
-    for label, gan in (("default config (U-Net, L1)", False), ("pix2pix mode (U-Net + PatchGAN, --config pix2pix)", True)):
-        gm = Generator(cfg.model).to(dev, memory_format=fmt)
-        og = torch.optim.Adam(gm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused)
-        if gan:
-            dm = Discriminator(cfg.model).to(dev, memory_format=fmt)
-
-            def d_call(x, dm=dm):
-                return dm(x[:, :-1].repeat(1, cfg.model.context_slices, 1, 1), x[:, -1:])
-
-            step = step_fn(gm, d_call, og, torch.optim.Adam(dm.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused),
-                           adv, amp, dev)
-        else:
-            def step(mr, ct, mk, gm=gm, og=og):
-                og.zero_grad(set_to_none=True)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    loss = 100 * masked_l1(gm(mr).float(), ct, mk)
-                loss.backward()
-                og.step()
-        results[label] = measure(step, batch, cfg.model.context_slices, 256, dev, n)
+    for label, gan_weight in (("default config (U-Net, L1)", 0.0), ("pix2pix mode (U-Net + PatchGAN, --config pix2pix)", 1.0)):
+        mode = load_config(None, overrides=[f"train.gan_weight={gan_weight}"])
+        gm = Generator(mode.model).to(dev, memory_format=fmt)
+        dm = Discriminator(mode.model).to(dev, memory_format=fmt) if gan_weight > 0 else None
+        og, od = optimizers(mode, gm, dm, dev)
+        sched_g = torch.optim.lr_scheduler.LambdaLR(og, lambda _: 1.0)
+        sched_d = torch.optim.lr_scheduler.LambdaLR(od, lambda _: 1.0) if od is not None else None
+        step = TrainStep(gm, dm, og, od, sched_g, sched_d, mode.train, amp=amp, fmt=fmt)
+        results[label] = measure(step, batch, mode.model.context_slices, 256, dev, n)
     print(f"device {dev}; 256x256 slices; {n} timed steps each")
     print(f"reference pix2pix (unet_256 + PatchGAN, batch 1, fp32): {ref:.1f} slices/s")
     for label, rate in results.items():

@@ -126,6 +126,60 @@ def validate(predictor: Predictor, prep: Path, cases: list[str]) -> dict[str, fl
     return {k: float(np.mean([r[k] for r in rows])) for k in ("mae", "psnr", "ssim")}
 
 
+def optimizers(cfg: Config, gen: torch.nn.Module, disc: torch.nn.Module | None,
+               dev: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    """Adam for the generator and, in pix2pix mode, the discriminator (fused kernels on CUDA)."""
+    fused = dev.type == "cuda"
+    make = lambda m: torch.optim.Adam(m.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)  # noqa: E731
+    return make(gen), (make(disc) if disc is not None else None)
+
+
+class TrainStep:
+    """One optimization step of the trainer: what ``medtrans train`` runs, and what the throughput benchmark times.
+
+    The discriminator (pix2pix mode) is updated first on real and generated pairs, then the generator on the
+    masked L1 term plus, in pix2pix mode, the adversarial term. Returns the step's (generator loss, L1,
+    discriminator loss) as one device tensor, so that the loop needs no host synchronisation.
+    """
+
+    def __init__(self, generator: torch.nn.Module, discriminator: torch.nn.Module | None,
+                 opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer | None, sched_g: Any, sched_d: Any,
+                 train_cfg: Any, *, amp: bool, fmt: torch.memory_format) -> None:
+        self.g, self.d = generator, discriminator
+        self.opt_g, self.opt_d, self.sched_g, self.sched_d = opt_g, opt_d, sched_g, sched_d
+        self.cfg, self.amp, self.fmt = train_cfg, amp, fmt
+        self.adv = PatchAdversarialLoss(criterion=train_cfg.gan_loss)
+
+    def __call__(self, mr: torch.Tensor, ct: torch.Tensor, mk: torch.Tensor) -> torch.Tensor:
+        device_type = mr.device.type
+        if self.fmt is torch.channels_last:
+            mr, ct = mr.contiguous(memory_format=self.fmt), ct.contiguous(memory_format=self.fmt)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            fake = self.g(mr)
+        d_loss = torch.zeros((), device=mr.device)
+        if self.d is not None:
+            self.opt_d.zero_grad(set_to_none=True)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.d(torch.cat([mr, mr]), torch.cat([ct, fake.detach()])).float()
+                real_l, fake_l = logits.chunk(2)
+                d_loss = 0.5 * (self.adv(real_l, target_is_real=True, for_discriminator=True)
+                                + self.adv(fake_l, target_is_real=False, for_discriminator=True))
+            d_loss.backward()
+            self.opt_d.step()
+            self.sched_d.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            l1 = masked_l1(fake.float(), ct, mk if self.cfg.masked_l1 else None)
+            g_loss = self.cfg.l1_weight * l1
+            if self.d is not None:
+                g_adv = self.adv(self.d(mr, fake).float(), target_is_real=True, for_discriminator=False)
+                g_loss = g_loss + self.cfg.gan_weight * g_adv
+        g_loss.backward()
+        self.opt_g.step()
+        self.sched_g.step()
+        return torch.stack([g_loss.detach(), l1.detach(), d_loss.detach()])
+
+
 def _budget_horizon(done: int, elapsed: float, per_step: float, max_minutes: float, max_steps: int, world: int,
                     dev: torch.device) -> int:
     """The step at which a time budget ends, from the measured time per step (rank 0's value on every rank)."""
@@ -227,10 +281,7 @@ def train(
     gen = gen.to(memory_format=fmt)
     if disc is not None:
         disc = disc.to(memory_format=fmt)
-    fused = dev.type == "cuda"
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)
-    opt_d = (torch.optim.Adam(disc.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)
-             if disc is not None else None)
+    opt_g, opt_d = optimizers(cfg, gen, disc, dev)
     # the horizon is read at every step, so that a time budget can fix it once the step time is known
     schedule = {"horizon": cfg.train.max_steps, "fixed": max_minutes is None}
     if state is not None and "lr_horizon" in state:
@@ -263,7 +314,6 @@ def train(
         g_train = torch.compile(g_train)
         if d_train is not None:
             d_train = torch.compile(d_train)
-    adv = PatchAdversarialLoss(criterion=cfg.train.gan_loss)
 
     stop = min(stop_step if stop_step is not None else cfg.train.max_steps, cfg.train.max_steps)
     if stop <= start:
@@ -293,34 +343,9 @@ def train(
 
     log_file = out / "metrics.jsonl"
     try:
+        train_step = TrainStep(g_train, d_train, opt_g, opt_d, sched_g, sched_d, cfg.train, amp=amp, fmt=fmt)
         for step in range(start, stop):
-            mr, ct, mk = stream.batch(step)
-            if fmt is torch.channels_last:
-                mr, ct = mr.contiguous(memory_format=fmt), ct.contiguous(memory_format=fmt)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                fake = g_train(mr)
-            d_loss = torch.zeros((), device=dev)
-            if d_train is not None:
-                opt_d.zero_grad(set_to_none=True)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = d_train(torch.cat([mr, mr]), torch.cat([ct, fake.detach()])).float()
-                    real_l, fake_l = logits.chunk(2)
-                    d_loss = 0.5 * (adv(real_l, target_is_real=True, for_discriminator=True)
-                                    + adv(fake_l, target_is_real=False, for_discriminator=True))
-                d_loss.backward()
-                opt_d.step()
-                sched_d.step()
-            opt_g.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                l1 = masked_l1(fake.float(), ct, mk if cfg.train.masked_l1 else None)
-                g_loss = cfg.train.l1_weight * l1
-                if d_train is not None:
-                    g_adv = adv(d_train(mr, fake).float(), target_is_real=True, for_discriminator=False)
-                    g_loss = g_loss + cfg.train.gan_weight * g_adv
-            g_loss.backward()
-            opt_g.step()
-            sched_g.step()
-            sums += torch.stack([g_loss.detach(), l1.detach(), d_loss.detach()])
+            sums += train_step(*stream.batch(step))
             n_acc += 1
             done = step + 1
             if not schedule["fixed"]:
