@@ -51,11 +51,16 @@ def _require_registrable(vol: Volume, role: str, shrink: list[int]) -> None:
                          f"prepare.registration_shrink {shrink})", path=vol.source)
 
 
+#: Prepare keys that decide only the manifest (the split, which flagged cases stay in it), not a case's outputs:
+#: they are left out of a case's key, so changing them re-writes the manifest without redoing any case.
+MANIFEST_ONLY_KEYS = ("split", "split_seed", "qa_max_mm", "qa_keep_flagged")
+
+
 def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
     hashes = {role: sha256_of(src.path)
               for role in ("mr", "ct", "mask") if (src := getattr(case, role)) is not None}
-    blob = json.dumps({"inputs": hashes, "prepare": cfg.to_dict()["prepare"], "version": medtrans.__version__},
-                      sort_keys=True)
+    prepare = {k: v for k, v in cfg.to_dict()["prepare"].items() if k not in MANIFEST_ONLY_KEYS}
+    blob = json.dumps({"inputs": hashes, "prepare": prepare, "version": medtrans.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest(), hashes
 
 
@@ -83,7 +88,7 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
         else None
     if check is not None:
         timings["registration_check"] = check.seconds
-    flags = modality_flags(mr, ct) + registration_flags(check, cfg)
+    flags = modality_flags(mr, ct)  # the registration flag depends on prepare.qa_max_mm: set with the manifest
 
     t = time.perf_counter()
     provided_mask = None
@@ -150,8 +155,7 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
                "registration_disagreement_mm": None if check is None else {"mean": check.mean_mm,
                                                                             "p95": check.p95_mm},
                "body_dice_ct_vs_mr": overlap, "mask_source": "provided" if provided_mask is not None else "computed",
-               "flags": [f.to_dict() for f in flags],
-               "excluded": bool(flags) and not cfg.prepare.qa_keep_flagged},
+               "input_flags": [f.to_dict() for f in flags]},
         "slices": {"files": list(SLICE_FILES), "shape": list(stack.mr.shape), "window": list(stack.window),
                    "keep": keep.tolist(), "grid": geometry_of(grid if grid is not None else mr)},
         "timings_s": timings,
@@ -203,17 +207,26 @@ def modality_flags(mr: sitk.Image, ct: sitk.Image) -> list[Flag]:
     return flags
 
 
-def registration_flags(check, cfg: Config) -> list[Flag]:
-    """The flag of the independent registration check (docs/trust.md).
+def registration_flags(mean_mm: float | None, cfg: Config) -> list[Flag]:
+    """The flag of the independent registration check (docs/trust.md), from its recorded disagreement.
 
     Whether mutual information improved over the initial pose is recorded but not flagged: on inputs that were
     already aligned a sub-millimetre move lowers it slightly, which flagged every such case as a false alarm.
     """
-    if check is None or check.mean_mm <= cfg.prepare.qa_max_mm:
+    if mean_mm is None or mean_mm <= cfg.prepare.qa_max_mm:
         return []
     return [Flag("registration_uncertain", "warning",
-                 f"an independent registration disagrees by {check.mean_mm:.1f} mm on average over the body "
+                 f"an independent registration disagrees by {mean_mm:.1f} mm on average over the body "
                  f"(limit prepare.qa_max_mm = {cfg.prepare.qa_max_mm:g} mm): the CT may be misaligned")]
+
+
+def apply_qa(record: dict[str, Any], cfg: Config) -> None:
+    """Set a prepared case's flags and exclusion from its recorded QA and the current QA settings."""
+    qa = record["qa"]
+    mm = (qa.get("registration_disagreement_mm") or {}).get("mean")
+    flags = [*qa.get("input_flags", []), *(f.to_dict() for f in registration_flags(mm, cfg))]
+    qa["flags"] = flags
+    qa["excluded"] = bool(flags) and not cfg.prepare.qa_keep_flagged
 
 
 def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
@@ -358,7 +371,10 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
                 records[rec["case"]] = rec
                 bar.update()
     bar.close()
-    excluded = sorted(n for n, r in records.items() if r["status"] == "ok" and r["qa"].get("excluded"))
+    for r in records.values():
+        if r["status"] == "ok":
+            apply_qa(r, cfg)
+    excluded = sorted(n for n, r in records.items() if r["status"] == "ok" and r["qa"]["excluded"])
     ok = sorted(n for n, r in records.items() if r["status"] == "ok" and n not in excluded)
     split = patient_split(ok, cfg.prepare.split, cfg.prepare.split_seed)
     for name, r in records.items():

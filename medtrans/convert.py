@@ -27,7 +27,7 @@ from medtrans.bundle import load_bundle
 from medtrans.cohort import Case, discover
 from medtrans.dicom_out import new_link, write_dicom_series
 from medtrans.errors import InputError, MedtransError
-from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remove_outputs
+from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remove_outputs, sct_record
 from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
 from medtrans.inference import UNCERTAINTY_PASSES, Predictor, mean_and_spread, pick_device, predictor_from_bundle
@@ -69,13 +69,12 @@ def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool, uncertainty
 
 def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
     """None if ``case_dir`` holds a complete sCT made from exactly ``current``; else why it must be (re)done."""
-    record = case_dir / SCT_RECORD
-    if not record.is_file():
+    if not (case_dir / SCT_RECORD).is_file():
         return "new"
-    try:
-        old = json.loads(record.read_text()).get("provenance") or {}
-    except (OSError, json.JSONDecodeError, AttributeError):
+    record = sct_record(case_dir)
+    if record is None:
         return "its sct.json is unreadable"
+    old = record.get("provenance") or {}
     if old.get("input_sha256") != current["input_sha256"]:
         return "the input MR changed"
     if old.get("series_uid") != current["series_uid"]:

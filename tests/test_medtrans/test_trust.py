@@ -77,11 +77,18 @@ def test_registration_qa_measures_millimetres_and_excludes_flagged_cases(tmp_pat
     fixed = load_config(None, overrides=[*SMALL, "prepare.split=[1,0,0]"])
     again = prepare_cohort(cohort / "off10", tmp_path / "prep_reg", fixed, progress=False)["cases"][0]
     assert again["qa"]["flags"] == [] and again["qa"]["registration_disagreement_mm"]["mean"] < 1.0
-    # the option keeps flagged cases
+    # the option keeps flagged cases; it decides only the manifest, so no case is prepared again
     kept = load_config(None, overrides=[*SMALL, "prepare.registration=none", "prepare.split=[1,0,0]",
                                         "prepare.qa_keep_flagged=true"])
-    manifest = prepare_cohort(cohort, tmp_path / "prep_keep", kept, progress=False)
+    manifest = prepare_cohort(cohort, tmp_path / "prep", kept, progress=False)
     assert manifest["excluded"] == [] and "off10" in manifest["split"]["train"]
+    assert all(r.get("skipped") for r in manifest["cases"])
+    # so does the limit: at 6.5 mm only the 10 mm case (and the swap) stay flagged
+    limit = load_config(None, overrides=[*SMALL, "prepare.registration=none", "prepare.split=[1,0,0]",
+                                         "prepare.qa_max_mm=6.5"])
+    manifest = prepare_cohort(cohort, tmp_path / "prep", limit, progress=False)
+    assert {e["case"] for e in manifest["excluded"]} == {"off10", "swapped"}
+    assert all(r.get("skipped") for r in manifest["cases"])
 
 
 @pytest.fixture(scope="module")
