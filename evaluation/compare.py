@@ -95,7 +95,7 @@ def compare(preds: dict[str, Path], ref: str | Path, out: str | Path, *, protoco
 
 def _write_report(path: Path, comparison: dict[str, Any], metrics: list[str], results: dict[str, Any], *,
                   resample: bool) -> None:
-    from medtrans.evaluation.report import _fmt, _png, plt
+    from medtrans.evaluation.report import _fmt, _png, subplots
 
     names = comparison["methods"]
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>medtrans comparison</title>",
@@ -131,7 +131,7 @@ def _write_report(path: Path, comparison: dict[str, Any], metrics: list[str], re
             data = {n: load_pair(results[n]["pairs"][case], resample=resample) for n in names}
             ct, mask = data[names[0]]["ct"], data[names[0]]["mask"]
             z = int(np.mean(np.nonzero(mask)[0]))
-            fig, axes = plt.subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 5.4))
+            fig, axes = subplots(2, len(names) + 1, figsize=(2.6 * (len(names) + 1), 5.4))
             axes[0, 0].imshow(ct[z], cmap="gray", vmin=-1000, vmax=1500)
             axes[0, 0].set_title("CT")
             axes[1, 0].axis("off")

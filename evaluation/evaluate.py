@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from medtrans.errors import GeometryError, InputError, MedtransError
 from medtrans.evaluation.metrics import PROTOCOLS, compute_metrics
 from medtrans.formats import SCT_OUTPUTS, find_sct, find_uncertainty, sct_record
 from medtrans.fsutil import atomic_path, claim_output_dir, sanitize_name, write_json
-from medtrans.geometry import on_grid_of, require_same_grid
+from medtrans.geometry import on_grid_of, require_same_grid, same_grid
 from medtrans.io import read_volume
 
 CT_NAMES = ("ct", "ct_registered")
@@ -84,16 +85,21 @@ def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[
     return pairs
 
 
-def load_pair(pair: dict[str, Any], *, resample: bool) -> dict[str, Any]:
-    """Read CT, sCT and mask as arrays on the CT grid (raising on geometry, mask or NaN problems)."""
-    ct = read_volume(pair["ct"]).image
-    try:
-        sct = on_grid_of(read_volume(pair["sct"]).image, ct)
-    except InputError as exc:
-        raise InputError(f"sCT unusable: {exc}") from None
+def load_pair(pair: dict[str, Any], *, resample: bool, with_mr: bool = True) -> dict[str, Any]:
+    """Read CT, sCT and mask as arrays on the CT grid (raising on geometry, mask or NaN problems); the MR too
+    (for figures) when ``with_mr``. The files are read concurrently (decoding releases the GIL)."""
     if pair["mask"] is None:
         raise InputError("no mask file beside the reference CT", path=pair["ct"].parent)
-    mask = read_volume(pair["mask"]).image
+    roles = ["ct", "sct", "mask"] + [r for r in ("uncertainty", "mr") if pair.get(r) is not None
+                                     and (r != "mr" or with_mr)]
+    with ThreadPoolExecutor(max_workers=len(roles)) as pool:
+        futures = {r: pool.submit(read_volume, pair[r]) for r in roles}
+    ct = futures["ct"].result().image
+    try:
+        sct = on_grid_of(futures["sct"].result().image, ct)
+    except InputError as exc:
+        raise InputError(f"sCT unusable: {exc}") from None
+    mask = futures["mask"].result().image
     if resample:
         sct = sitk.Resample(sct, ct, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
         mask = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
@@ -105,14 +111,16 @@ def load_pair(pair: dict[str, Any], *, resample: bool) -> dict[str, Any]:
     out = {"ct": sitk.GetArrayFromImage(ct).astype(np.float32), "sct": sitk.GetArrayFromImage(sct).astype(np.float32),
            "mask": m, "spacing": ct.GetSpacing()}
     if pair.get("uncertainty") is not None:
-        unc = on_grid_of(read_volume(pair["uncertainty"]).image, ct)
+        unc = on_grid_of(futures["uncertainty"].result().image, ct)
         if resample:
             unc = sitk.Resample(unc, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         require_same_grid(unc, ct, what_a=f"uncertainty {pair['uncertainty']}", what_b=f"CT {pair['ct']}")
         out["uncertainty"] = sitk.GetArrayFromImage(unc).astype(np.float32)
-    if pair["mr"] is not None:
-        mr = read_volume(pair["mr"]).image
-        if resample or mr.GetSize() == ct.GetSize():
+    if "mr" in futures:  # for figures only
+        mr = futures["mr"].result().image
+        if same_grid(mr, ct):
+            out["mr"] = sitk.GetArrayFromImage(mr).astype(np.float32)
+        elif resample or mr.GetSize() == ct.GetSize():
             mr = sitk.Resample(mr, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             out["mr"] = sitk.GetArrayFromImage(mr)
     return out
@@ -187,6 +195,9 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
     ssim_col = "ssim" if PROTOCOLS[protocol].ssim == "ssim" else "ms_ssim"
     columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone"]
     rows, problems, unc_samples = [], [], []
+    figures: dict[str, dict[str, Any]] = {}
+    if report:
+        from medtrans.evaluation.report import case_figure_data, figure_cases
     for pair in tqdm(pairs, desc="evaluate", unit="case", disable=not progress):
         if "error" in pair:
             problems.append({"case": pair["case"], "problem": pair["error"]})
@@ -197,7 +208,7 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
                              f"{formats}; a convert output names its own in sct.json)"})
             continue
         try:
-            data = load_pair(pair, resample=resample)  # read_volume rejects NaN voxels
+            data = load_pair(pair, resample=resample, with_mr=report)  # read_volume rejects NaN voxels
             metrics = compute_metrics(data["ct"], data["sct"], data["mask"], protocol=protocol)
             if "uncertainty" in data:
                 unc_stats, sample = uncertainty_vs_error(data)
@@ -207,6 +218,11 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
             problems.append({"case": pair["case"], "problem": str(exc)})
             continue
         rows.append({"case": pair["case"], "split": pair["split"] or "", "flags": "|".join(pair["flags"]), **metrics})
+        if report:  # figure data is taken now, for the best and worst so far: no volume is read twice
+            figures[pair["case"]] = case_figure_data(data)
+            keep = figure_cases(rows)
+            figures = {case: f for case, f in figures.items() if case in keep}
+        del data
     if unc_samples:
         columns += ["unc_mean", "unc_spearman"]
     with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
@@ -220,10 +236,7 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
     if report:
         from medtrans.evaluation.report import write_report
 
-        by_case = {p["case"]: p for p in pairs if "error" not in p}
-        # volumes are re-read only for the few cases the report draws: memory stays bounded for any cohort size
-        write_report(out / "report.html", rows=rows, summary=summary, columns=columns,
-                     load=lambda case: load_pair(by_case[case], resample=resample),
+        write_report(out / "report.html", rows=rows, summary=summary, columns=columns, figures=figures,
                      uncertainty=np.concatenate(unc_samples) if unc_samples else None)
     return summary, rows, pairs
 

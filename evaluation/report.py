@@ -5,30 +5,32 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Callable
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from medtrans.fsutil import write_text
 
 MAX_CASE_FIGURES = 3  # best and worst few of a large cohort
 
 
-def _png(fig) -> str:
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    """A figure and its axes without pyplot: no global figure registry, no backend set-up (pyplot's import
+    alone is ~0.2 s of a short command), safe from threads."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
+
+
+def _png(fig: Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=80)  # layouts are fixed by subplots_adjust: no tight-bbox redraw
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _metric_plot(rows: list[dict[str, Any]], columns: list[str]) -> str:
     cols = [c for c in columns if c in ("mae", "psnr", "ssim", "ms_ssim", "mae_bone")]
-    fig, axes = plt.subplots(1, len(cols), figsize=(3 * len(cols), 3))
+    fig, axes = subplots(1, len(cols), figsize=(3 * len(cols), 3))
     axes = np.atleast_1d(axes)
     rng = np.random.default_rng(0)
     for ax, col in zip(axes, cols, strict=True):
@@ -38,55 +40,114 @@ def _metric_plot(rows: list[dict[str, Any]], columns: list[str]) -> str:
             ax.scatter(1 + rng.uniform(-0.12, 0.12, v.size), v, s=14, alpha=0.7, color="tab:blue")
         ax.set_title(col.upper())
         ax.set_xticks([])
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.06, wspace=0.5)
     return _png(fig)
 
 
-def _montage(d: dict[str, Any]) -> str:
+#: HU bins of the report's histograms (uniform, so counting is one ``bincount`` instead of a sorted search).
+HIST_RANGE, HIST_BINS = (-1024.0, 2000.0), 119
+
+
+def _bin_index(v: np.ndarray) -> np.ndarray:
+    """Bin of each value in :data:`HIST_BINS` uniform bins over :data:`HIST_RANGE`; -1 outside (as np.histogram)."""
+    lo, hi = HIST_RANGE
+    x = np.subtract(v, lo, dtype=np.float32)
+    x *= HIST_BINS / (hi - lo)
+    idx = np.floor(x, out=x).astype(np.int32)
+    idx[v == hi] = HIST_BINS - 1  # the last bin is closed, as numpy's
+    idx[(idx < 0) | (idx >= HIST_BINS)] = -1
+    return idx
+
+
+def _centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """Index of the mask's centre of mass, per axis (the mean of its voxel indices, truncated)."""
+    per_z = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    plane = mask.sum(axis=0, dtype=np.int64)
+    n = per_z.sum()
+    return (int(per_z @ np.arange(mask.shape[0]) / n), int(plane.sum(axis=1) @ np.arange(mask.shape[1]) / n),
+            int(plane.sum(axis=0) @ np.arange(mask.shape[2]) / n))
+
+
+def case_figure_data(d: dict[str, Any]) -> dict[str, Any]:
+    """What the report draws of a case, taken while it is in memory: three planes through the mask's centre
+    of MR/CT/sCT/error, and the CT/sCT histograms inside the mask (a few MB, so no volume is read twice).
+
+    Example:
+        >>> ct = np.full((4, 5, 6), -1000.0, np.float32); mask = np.zeros(ct.shape, bool); mask[1:3, 1:4, 1:5] = True
+        >>> f = case_figure_data({"ct": ct, "sct": ct + 10, "mask": mask, "spacing": (1.0, 1.0, 2.0)})
+        >>> int(f["hist_ct"].sum()), f["planes"][0][0]
+        (24, 'axial')
+    """
     ct, sct, mask = d["ct"], d["sct"], d["mask"]
-    err = np.where(mask, sct - ct, 0)
-    zc, yc, xc = (int(np.mean(ax)) for ax in np.nonzero(mask))
+    zc, yc, xc = _centre(mask)
     sp = d["spacing"]
-    planes = [("axial", lambda a: a[zc], sp[1] / sp[0]), ("coronal", lambda a: a[::-1, yc], sp[2] / sp[0]),
-              ("sagittal", lambda a: a[::-1, :, xc], sp[2] / sp[1])]
-    vols = [("MR", d.get("mr"), "gray", None), ("CT", ct, "gray", (-1000, 1500)), ("sCT", sct, "gray", (-1000, 1500)),
-            ("sCT - CT (HU)", err, "seismic", (-500, 500))]
-    vols = [v for v in vols if v[1] is not None]
-    fig, axes = plt.subplots(3, len(vols), figsize=(2.6 * len(vols), 7.5))
-    for i, (pname, cut, aspect) in enumerate(planes):
-        for j, (title, vol, cmap, lim) in enumerate(vols):
+    cuts = [("axial", lambda a: a[zc], sp[1] / sp[0]), ("coronal", lambda a: a[::-1, yc], sp[2] / sp[0]),
+            ("sagittal", lambda a: a[::-1, :, xc], sp[2] / sp[1])]
+    planes = []
+    for name, cut, aspect in cuts:
+        images = {"MR": cut(d["mr"]).copy() if d.get("mr") is not None else None, "CT": cut(ct).copy(),
+                  "sCT": cut(sct).copy()}
+        images["error"] = np.where(cut(mask), images["sCT"] - images["CT"], 0)
+        planes.append((name, aspect, images))
+    bc, bs = _bin_index(ct[mask]), _bin_index(sct[mask])
+    both = (bc >= 0) & (bs >= 0)
+    joint = np.bincount(bc[both] * HIST_BINS + bs[both], minlength=HIST_BINS**2).reshape(HIST_BINS, HIST_BINS)
+    return {"planes": planes, "joint": joint,
+            "hist_ct": np.bincount(bc[bc >= 0], minlength=HIST_BINS),
+            "hist_sct": np.bincount(bs[bs >= 0], minlength=HIST_BINS)}
+
+
+def _montage(f: dict[str, Any]) -> str:
+    columns = [("MR", "gray", None), ("CT", "gray", (-1000, 1500)), ("sCT", "gray", (-1000, 1500)),
+               ("error", "seismic", (-500, 500))]
+    columns = [c for c in columns if f["planes"][0][2][c[0]] is not None]
+    fig, axes = subplots(3, len(columns), figsize=(2.6 * len(columns), 7.5))
+    for i, (pname, aspect, images) in enumerate(f["planes"]):
+        for j, (key, cmap, lim) in enumerate(columns):
             ax = axes[i, j]
             kw = {"vmin": lim[0], "vmax": lim[1]} if lim else {}
-            im = ax.imshow(cut(vol), cmap=cmap, aspect=aspect, **kw)
+            im = ax.imshow(images[key], cmap=cmap, aspect=aspect, interpolation="nearest", **kw)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(title)
+                ax.set_title("sCT - CT (HU)" if key == "error" else key)
             if j == 0:
                 ax.set_ylabel(pname)
-            if title.startswith("sCT -") and i == 0:
+            if key == "error" and i == 0:
                 fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.92, top=0.95, bottom=0.02, wspace=0.06, hspace=0.1)
     return _png(fig)
 
 
-def _histograms(d: dict[str, Any]) -> str:
-    ct, sct = d["ct"][d["mask"]], d["sct"][d["mask"]]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    bins = np.linspace(-1024, 2000, 120)
-    a.hist(ct, bins=bins, histtype="step", label="CT", density=True)
-    a.hist(sct, bins=bins, histtype="step", label="sCT", density=True)
+def _histograms(f: dict[str, Any]) -> str:
+    fig, (a, b) = subplots(1, 2, figsize=(9, 3.4))
+    edges = np.linspace(*HIST_RANGE, HIST_BINS + 1)
+    width = edges[1] - edges[0]
+    for key, label in (("hist_ct", "CT"), ("hist_sct", "sCT")):
+        counts = f[key]
+        a.stairs(counts / max(counts.sum(), 1) / width, edges, label=label)
     a.set_yscale("log")
     a.set_xlabel("HU (inside mask)")
     a.legend()
-    h, _, _ = np.histogram2d(ct, sct, bins=[bins, bins])
-    b.imshow(np.log1p(h.T), origin="lower", extent=[bins[0], bins[-1], bins[0], bins[-1]], cmap="magma")
-    b.plot([bins[0], bins[-1]], [bins[0], bins[-1]], "w--", lw=0.8)
+    b.imshow(np.log1p(f["joint"].T), origin="lower", extent=[edges[0], edges[-1], edges[0], edges[-1]],
+             cmap="magma", interpolation="nearest")
+    b.plot([edges[0], edges[-1]], [edges[0], edges[-1]], "w--", lw=0.8)
     b.set_xlabel("CT HU")
     b.set_ylabel("sCT HU")
     b.set_title("joint histogram (log)")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.16, wspace=0.3)
     return _png(fig)
+
+
+def figure_cases(rows: list[dict[str, Any]]) -> set[str]:
+    """The cases the report draws: all of a small cohort, else the :data:`MAX_CASE_FIGURES` best and worst by MAE.
+
+    Applied after every scored case, it keeps the figure data of at most ``2 * MAX_CASE_FIGURES + 1`` cases in
+    memory, whatever the cohort's size.
+    """
+    ranked = sorted(rows, key=lambda r: r["mae"])
+    chosen = ranked if len(ranked) <= 2 * MAX_CASE_FIGURES else ranked[:MAX_CASE_FIGURES] + ranked[-MAX_CASE_FIGURES:]
+    return {r["case"] for r in chosen}
 
 
 def _fmt(v: Any) -> str:
@@ -102,24 +163,24 @@ def _uncertainty_plot(samples: np.ndarray) -> str:
     which = np.clip(np.searchsorted(edges, spread, side="right") - 1, 0, max(0, len(edges) - 2))
     centres = [float(np.median(spread[which == b])) for b in range(len(edges) - 1) if (which == b).any()]
     means = [float(err[which == b].mean()) for b in range(len(edges) - 1) if (which == b).any()]
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig, ax = subplots(figsize=(4.6, 3.6))
     ax.plot(centres, means, "o-", label="measured mean |sCT - CT|")
     top = max(max(centres, default=1), max(means, default=1))
     ax.plot([0, top], [0, top], "k--", lw=0.8, label="error = spread")
     ax.set_xlabel("predicted spread (HU, decile medians)")
     ax.set_ylabel("mean absolute error (HU)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.96, bottom=0.14)
     return _png(fig)
 
 
 def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[str],
-                 load: Callable[[str], dict[str, Any]], uncertainty: np.ndarray | None = None) -> None:
+                 figures: dict[str, dict[str, Any]], uncertainty: np.ndarray | None = None) -> None:
     """Render ``report.html``: summary, per-case table with flags, metric plots, error vs uncertainty, and
     figures of the best/worst cases.
 
     Args:
-        load: returns a case's arrays (``ct``, ``sct``, ``mask``, ``spacing``, optional ``mr``) for its figures.
+        figures: :func:`case_figure_data` of the cases to draw (see :func:`figure_cases`), by case name.
         uncertainty: pooled (spread, absolute error) samples of the cases that have an uncertainty map.
     """
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>medtrans evaluation report</title>",
@@ -164,13 +225,11 @@ def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], c
                      f"<img alt='error vs uncertainty' src='{_uncertainty_plot(uncertainty)}'>")
     if rows:
         parts.append(f"<h2 id='plots'>Distributions</h2><img alt='metric distributions' src='{_metric_plot(rows, columns)}'>")
-        ranked = sorted(rows, key=lambda r: r["mae"])
-        chosen = ranked if len(ranked) <= 2 * MAX_CASE_FIGURES else ranked[:MAX_CASE_FIGURES] + ranked[-MAX_CASE_FIGURES:]
         parts.append("<h2 id='figures'>Cases (best and worst by MAE)</h2>")
-        for r in chosen:
-            d = load(r["case"])
+        for r in sorted((r for r in rows if r["case"] in figures), key=lambda r: r["mae"]):
+            f = figures[r["case"]]
             parts.append(f"<h3 class='case'>{html.escape(r['case'])} — MAE {r['mae']:.1f} HU</h3>"
-                         f"<img alt='montage {html.escape(r['case'])}' src='{_montage(d)}'>"
-                         f"<img alt='histograms {html.escape(r['case'])}' src='{_histograms(d)}'>")
+                         f"<img alt='montage {html.escape(r['case'])}' src='{_montage(f)}'>"
+                         f"<img alt='histograms {html.escape(r['case'])}' src='{_histograms(f)}'>")
     parts.append("</body></html>")
     write_text(path, "\n".join(parts))

@@ -30,6 +30,21 @@ def test_random_volumes_match_reference(seed):
     check_equal(gt, pred, mask)
 
 
+@pytest.mark.parametrize("slab", [1, 4, 7, 100])
+def test_slabs_give_the_reference_ssim(monkeypatch, slab):
+    """SSIM in slabs (any slab size, the mask touching the first and last slice, holes) equals the whole map."""
+    from medtrans.evaluation import metrics
+
+    monkeypatch.setattr(metrics, "SLAB", slab)
+    rng = np.random.default_rng(2)
+    gt = rng.normal(0, 600, (23, 30, 28)).astype(np.float32)
+    pred = gt + rng.normal(0, 200, gt.shape).astype(np.float32)
+    mask = (rng.random(gt.shape) > 0.3).astype(np.uint8)
+    mask[:, :3] = 0
+    got = compute_metrics(gt, pred, mask, workers=2)["ssim"]
+    assert got == pytest.approx(ref.ssim_2023(gt, pred, mask), rel=1e-10)
+
+
 def test_shared_real_ct_with_perturbed_copies():
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_path("totalsegmentator_examples", "example_ct_sm.nii.gz"))))
     ct = ct.astype(np.float32)

@@ -130,8 +130,17 @@ def test_errors_name_file_and_problem(tmp_path):
     write_volume(img, tmp_path / "good.nii.gz")
     raw = gzip.decompress((tmp_path / "good.nii.gz").read_bytes())
     (tmp_path / "trunc.nii.gz").write_bytes(gzip.compress(raw[: len(raw) // 2]))
-    with pytest.raises(InputError, match="trunc"):
+    with pytest.raises(InputError, match=r"trunc\.nii\.gz: is a damaged NIfTI file: it holds \d+ of the \d+ voxel"):
         read_volume(tmp_path / "trunc.nii.gz")
+    gz = (tmp_path / "good.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(gz[: len(gz) - 100])  # a copy that stopped early
+    with pytest.raises(InputError, match=r"cut\.nii\.gz: is a damaged NIfTI file: its gzip data"):
+        read_volume(tmp_path / "cut.nii.gz")
+    flipped = bytearray(gz)
+    flipped[len(gz) - 30] ^= 0xFF  # one corrupted byte in the voxel data: SimpleITK alone reads it without complaint
+    (tmp_path / "flip.nii.gz").write_bytes(bytes(flipped))
+    with pytest.raises(InputError, match=r"flip\.nii\.gz: is a damaged NIfTI file"):
+        read_volume(tmp_path / "flip.nii.gz")
     nan = sitk.Cast(img, sitk.sitkFloat32)
     nan[1, 1, 1] = float("nan")
     for ext in (".mha", ".nii.gz"):  # SimpleITK alone would hide the NaN of the NIfTI file
