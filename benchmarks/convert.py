@@ -1,11 +1,18 @@
 """End-to-end convert of one MR (read -> sCT written) vs a naive per-slice fp32 batch-1 loop, same run.
 
-Weights are random (speed does not depend on them). Usage: python benchmarks/convert.py [--quick] [--device cpu]
+Prints where convert's time goes (the stage timings it records in ``sct.json``: decode, normalize, input checks,
+to the model grid, network, back to the MR grid, encode) and the whole ``medtrans convert`` command as a fresh
+process (start-up, imports and model load included). Weights are random (speed does not depend on them).
+
+Usage: python benchmarks/convert.py [--quick] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,9 +48,17 @@ def main() -> None:
     (tmp / "in" / "case").mkdir(parents=True)
     sitk.WriteImage(mr, str(tmp / "in" / "case" / "mr.nii.gz"))
 
+    convert_cohort(tmp / "bundle", tmp / "in", tmp / "warm", device=str(dev), progress=False)  # warm-up
     t = time.perf_counter()
     convert_cohort(tmp / "bundle", tmp / "in", tmp / "out", device=str(dev), progress=False)
     t_ours = time.perf_counter() - t
+    stages = json.loads((tmp / "out" / "case" / "sct.json").read_text())["timings_s"]
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "medtrans", "convert", "--model", str(tmp / "bundle"), "--input",
+                    str(tmp / "in"), "--out", str(tmp / "cli"), "--device", str(dev)], check=True,
+                   capture_output=True)
+    t_cli = time.perf_counter() - t
+    cli_case = json.loads((tmp / "cli" / "case" / "sct.json").read_text())["timings_s"]["total"]
 
     t = time.perf_counter()  # naive: same model, slice by slice, fp32, batch 1, no 2.5D gather on device
     vol = sitk.ReadImage(str(tmp / "in" / "case" / "mr.nii.gz"))
@@ -63,8 +78,11 @@ def main() -> None:
     t_naive = time.perf_counter() - t
     print(f"volume {size} on {dev} ({torch.get_num_threads()} threads), model channels {cfg.model.channels}")
     print(f"naive per-slice fp32 batch 1: {t_naive:.2f} s")
-    print(f"medtrans convert:             {t_ours:.2f} s")
+    print(f"medtrans convert:             {t_ours:.2f} s (in process, after one warm-up volume)")
     print(f"speed-up: {t_naive / t_ours:.2f}x")
+    print("where convert's time goes: " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
+    print(f"`medtrans convert` as a fresh process: {t_cli:.2f} s wall, of which the case {cli_case:.2f} s; "
+          f"start-up, imports, model load and first-call warm-up {t_cli - cli_case:.2f} s")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 medtrans is timed through :class:`medtrans.training.trainer.TrainStep`, the step ``medtrans train`` runs, with the
 trainer's own models and optimizers (default config; pix2pix mode with ``train.gan_weight=1``). The reference is the
 pix2pix paper's setup written here: unet_256 generator (4x4 convolutions, BatchNorm, 8 down/up levels), 70x70
-PatchGAN, batch 1, fp32, Adam, 256x256. Random data: the step only.
-Usage: python benchmarks/train_throughput.py [--quick] [--device auto]
+PatchGAN, batch 1, fp32, Adam, 256x256; on CUDA also batched, bf16, channels_last and compiled (the hand-optimized
+reference). The GPU profile (``configs/gpu.yaml``) is timed at its own batch and crop. FLOPs per step are counted
+from the trainer's own step (:func:`medtrans.training.trainer.count_step_flops`), so TFLOP/s and the fraction of
+the device's bf16 peak are what ``medtrans train`` logs. Random data: the step only.
+Usage: python benchmarks/train_throughput.py [--quick] [--device auto] [--compile/--no-compile]
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from torch import nn
 from medtrans.config import load_config
 from medtrans.inference import pick_device
 from medtrans.models import Discriminator, Generator
-from medtrans.training.trainer import TrainStep, masked_l1, optimizers
+from medtrans.training.trainer import TrainStep, bf16_peak_tflops, count_step_flops, masked_l1, optimizers
 
 
 def down(i, o, norm=True):
@@ -87,38 +90,68 @@ def measure(step, batch, k, size, dev, n):
     return n * batch / (time.perf_counter() - t)
 
 
+def medtrans_step(mode, dev, *, amp: bool, compile_: bool):
+    fmt = torch.channels_last if (dev.type == "cuda" and mode.train.channels_last) else torch.contiguous_format
+    gm = Generator(mode.model).to(dev, memory_format=fmt)
+    dm = Discriminator(mode.model).to(dev, memory_format=fmt) if mode.train.gan_weight > 0 else None
+    flops = count_step_flops(mode, gm, dm, dev, amp=amp, fmt=fmt)
+    og, od = optimizers(mode, gm, dm, dev)
+    sched_g = torch.optim.lr_scheduler.LambdaLR(og, lambda _: 1.0)
+    sched_d = torch.optim.lr_scheduler.LambdaLR(od, lambda _: 1.0) if od is not None else None
+    g_run, d_run = (torch.compile(gm), torch.compile(dm) if dm is not None else None) if compile_ else (gm, dm)
+    return TrainStep(g_run, d_run, og, od, sched_g, sched_d, mode.train, amp=amp, fmt=fmt), flops
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="few steps (CI-friendly on CPU)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=None, help="medtrans batch (default: train.batch_size, 64 on GPU)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="torch.compile the medtrans steps and time a compiled bf16 reference too (default: on CUDA)")
     a = ap.parse_args()
     dev = pick_device(a.device)
+    compile_ = dev.type == "cuda" if a.compile is None else a.compile
     cfg = load_config(None)
     n = 2 if a.quick else (10 if dev.type == "cpu" else 50)
+    peak = bf16_peak_tflops(dev)
     adv = PatchAdversarialLoss(criterion="least_squares")
-    g, d = RefUNet256().to(dev), ref_disc().to(dev)
-    ref = measure(step_fn(g, d, torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999)),
-                          torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999)), adv, False, dev),
-                  1, 1, 256, dev, n)
+
+    def reference(batch: int, amp: bool, compiled: bool) -> float:
+        g, d = RefUNet256().to(dev), ref_disc().to(dev)
+        if amp:
+            g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+        og = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999), fused=dev.type == "cuda")
+        od = torch.optim.Adam(d.parameters(), 2e-4, betas=(0.5, 0.999), fused=dev.type == "cuda")
+        g, d = (torch.compile(g), torch.compile(d)) if compiled else (g, d)
+        return measure(step_fn(g, d, og, od, adv, amp, dev), batch, 1, 256, dev, n)
+
+    ref = reference(1, False, False)
     batch = a.batch or (64 if dev.type == "cuda" else cfg.train.batch_size)
     amp = dev.type == "cuda" and cfg.train.amp
-    fmt = torch.channels_last if (dev.type == "cuda" and cfg.train.channels_last) else torch.contiguous_format
-    results = {}
-    for label, gan_weight in (("default config (U-Net, L1)", 0.0), ("pix2pix mode (U-Net + PatchGAN, --config pix2pix)", 1.0)):
-        mode = load_config(None, overrides=[f"train.gan_weight={gan_weight}"])
-        gm = Generator(mode.model).to(dev, memory_format=fmt)
-        dm = Discriminator(mode.model).to(dev, memory_format=fmt) if gan_weight > 0 else None
-        og, od = optimizers(mode, gm, dm, dev)
-        sched_g = torch.optim.lr_scheduler.LambdaLR(og, lambda _: 1.0)
-        sched_d = torch.optim.lr_scheduler.LambdaLR(od, lambda _: 1.0) if od is not None else None
-        step = TrainStep(gm, dm, og, od, sched_g, sched_d, mode.train, amp=amp, fmt=fmt)
-        results[label] = measure(step, batch, mode.model.context_slices, 256, dev, n)
-    print(f"device {dev}; 256x256 slices; {n} timed steps each")
+    ref_fast = reference(batch, amp, True) if compile_ else None
+    rows = []
+    for label, base, shape in (("default config (U-Net, L1)", None, [f"train.batch_size={batch}", "train.crop_size=256"]),
+                               ("pix2pix mode (U-Net + PatchGAN)", "pix2pix",
+                                [f"train.batch_size={batch}", "train.crop_size=256"]),
+                               ("GPU profile (configs/gpu.yaml), its own batch and crop", "gpu", [])):
+        mode = load_config(base, overrides=shape)
+        step, flops = medtrans_step(mode, dev, amp=amp, compile_=compile_)
+        crops = measure(step, mode.train.batch_size, mode.model.context_slices, mode.train.crop_size, dev, n)
+        tflops = flops / mode.train.batch_size * crops / 1e12
+        rows.append((label, mode.train.batch_size, mode.train.crop_size, crops, flops, tflops))
+    print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'});"
+          f" {n} timed steps each; bf16 peak {peak or 'unknown'} TFLOP/s; compile {compile_}")
     print(f"reference pix2pix (unet_256 + PatchGAN, batch 1, fp32): {ref:.1f} slices/s")
-    for label, rate in results.items():
-        print(f"medtrans {label}, batch {batch}{', bf16 + channels_last' if amp else ''}: {rate:.1f} slices/s "
-              f"-> {rate / ref:.2f}x the reference")
+    if ref_fast is not None:
+        print(f"reference pix2pix, batch {batch}, bf16 + channels_last + torch.compile: {ref_fast:.1f} slices/s")
+    for label, b, crop, crops, flops, tflops in rows:
+        ratio = f" -> {crops / ref:.2f}x the reference" + (f", {crops / ref_fast:.2f}x the compiled reference"
+                                                         if ref_fast and crop == 256 else "")
+        mfu = f", {tflops / peak:.1%} of bf16 peak" if peak else ""
+        print(f"medtrans {label}, batch {b}, {crop}^2{', bf16 + channels_last' if amp else ''}: {crops:.1f} "
+              f"crops/s{ratio if crop == 256 else ''}; {flops / 1e9:.1f} GFLOP/step (counted from TrainStep), "
+              f"{tflops:.3f} TFLOP/s{mfu}")
 
 
 if __name__ == "__main__":

@@ -122,14 +122,17 @@ def train(
 ) -> None:
     """Train the MONAI U-Net generator (L1; --config pix2pix adds the PatchGAN). Several GPUs: torchrun."""
     from medtrans.config import load_config
-    from medtrans.training.trainer import checkpoint_file, saved_config
+    from medtrans.training.trainer import checkpoint_file, choose_profile, saved_config
     from medtrans.training.trainer import train as run
 
     # on resume, --config/--set apply on top of the run's saved config; the trainer refuses real changes
     base = saved_config(out) if resume and checkpoint_file(out).is_file() else None
+    config, profile = choose_profile(config, resume=resume, device=device)
+    if profile:
+        typer.echo(profile)
     cfg = load_config(config, overrides=set_, base=base)
     result = run(data, out, cfg, stop_step=max_steps, max_minutes=max_minutes, resume=resume, device=device,
-                 seed=seed)
+                 seed=seed, profile=profile)
     if "bundle" in result:
         best = result["best_val_mae"]
         val = f"best validation MAE {best:.1f} HU" if best is not None else "no validation cases (last step kept)"

@@ -14,6 +14,7 @@ import json
 import platform
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,17 @@ from medtrans.errors import InputError, MedtransError
 from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remove_outputs, sct_record
 from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
-from medtrans.inference import UNCERTAINTY_PASSES, Predictor, mean_and_spread, pick_device, predictor_from_bundle
-from medtrans.intensity import mr_foreground, normalize_mr
+from medtrans.inference import (
+    UNCERTAINTY_PASSES,
+    Predictor,
+    Stopwatch,
+    mean_and_spread,
+    pick_device,
+    predictor_from_bundle,
+)
+from medtrans.intensity import mr_foreground, normalize_mr_with_foreground
 from medtrans.io import read_volume, require_signal, write_volume
-from medtrans.qa import flags_text, input_flags, mr_profile
+from medtrans.qa import Flag, flags_text, input_flags, mr_profile
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -91,6 +99,12 @@ def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
     return None
 
 
+def overlap_input_checks(device: torch.device) -> bool:
+    """Whether the MR's input checks run on a CPU thread beside inference: on an accelerator (the CPU is idle
+    while the network runs); on a CPU they would only compete with it for the cores."""
+    return device.type != "cpu"
+
+
 def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt: str, bundle_info: dict[str, Any],
                  prov: dict[str, Any], uncertainty: bool = False, strict: bool = False,
                  series_description: str = "medtrans synthetic CT (not for diagnosis)") -> dict[str, Any]:
@@ -103,56 +117,86 @@ def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt:
     leaves the case absent, never an old sCT beside a new input.
     """
     t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    clock = Stopwatch(timings)
     if case.mr is None:
         raise InputError("; ".join(case.errors) or "no MR found", path=case.folder)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_outputs(out_dir)
     sweep_stale_temps(out_dir)  # left by a run killed mid-write
-    vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
-    require_signal(vol, "MR")
-    # normalized once: the input profile and every predictor (ensemble members share one normalization) use it
-    normalized = normalize_mr(vol.image, predictors[0].mr_normalization)
-    flags = input_flags(mr_profile(vol.image, predictors[0].mr_normalization, normalized=normalized[0]),
-                        bundle_info.get("training_profile"))
-    failing = [f for f in flags if f.severity == "error" or (strict and f.severity == "warning")]
-    if failing:
-        raise InputError(flags_text(failing) + (" (--strict)" if strict and all(f.severity == "warning"
-                                                                                for f in failing) else ""),
-                         path=case.mr.path)
-    t_read = time.perf_counter() - t0
-    t = time.perf_counter()
-    if uncertainty:
-        sct, spread = mean_and_spread([s for p in predictors
-                                       for s in p.predict_passes(vol.image, normalized=normalized)])
-    elif len(predictors) > 1:
-        sct, spread = mean_and_spread([p.predict_image(vol.image, normalized=normalized) for p in predictors])
-    else:
-        sct, spread = predictors[0].predict_image(vol.image, normalized=normalized), None
-    t_infer = time.perf_counter() - t
-    t = time.perf_counter()
-    hu = sitk.GetArrayFromImage(sct)
-    sct_int = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 32767).astype(np.int16))
-    sct_int.CopyInformation(vol.image)
-    linked = False
-    if fmt == "dicom":
-        link = vol.dicom_link if vol.dicom_link and vol.dicom_link.get("StudyInstanceUID") else None
-        linked = link is not None
-        write_dicom_series(sct_int, out_dir / SCT_OUTPUTS["dicom"], modality="CT", link=link or new_link(),
-                           series_description=series_description, derived=True,
-                           extra={"DerivationDescription": "Synthetic CT computed from MR by medtrans",
-                                  "BurnedInAnnotation": "NO"})
-    else:
-        write_volume(sct_int, out_dir / SCT_OUTPUTS[fmt])
-    unc_record = None
-    if uncertainty and spread is not None:
-        spread.CopyInformation(vol.image)
-        write_volume(spread, out_dir / UNCERTAINTY_OUTPUTS[fmt])
-        body = mr_foreground(np.maximum(sitk.GetArrayFromImage(vol.image).astype(np.float32), 0))
-        values = sitk.GetArrayViewFromImage(spread)[body] if body.any() else sitk.GetArrayViewFromImage(spread).ravel()
-        unc_record = {"output": UNCERTAINTY_OUTPUTS[fmt], "unit": "HU (standard deviation)",
-                      "mean_in_body_hu": float(values.mean()), "p95_in_body_hu": float(np.percentile(values, 95)),
-                      "passes_per_model": len(UNCERTAINTY_PASSES), "models": len(predictors)}
-    t_write = time.perf_counter() - t
+    with clock("decode"):
+        vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
+        require_signal(vol, "MR")
+    spec = predictors[0].mr_normalization
+    with clock("normalize"):
+        # once: the input profile and every predictor (ensemble members share one normalization) use it
+        norm_image, norm_stats, foreground = normalize_mr_with_foreground(vol.image, spec)
+        normalized = (norm_image, norm_stats)
+        if spec.n4:  # the profile and the uncertainty summary describe the raw MR's foreground
+            foreground = mr_foreground(np.maximum(sitk.GetArrayFromImage(vol.image).astype(np.float32), 0))
+
+    def check_input() -> list[Flag]:
+        with clock("input_checks"):
+            return input_flags(mr_profile(vol.image, spec, normalized=norm_image, foreground=foreground),
+                               bundle_info.get("training_profile"))
+
+    # On a GPU the checks run on a CPU thread while the network works; nothing is written before they pass.
+    pool = ThreadPoolExecutor(max_workers=1) if overlap_input_checks(predictors[0].device) else None
+    pending = pool.submit(check_input) if pool is not None else None
+    flags = check_input() if pending is None else None
+
+    def require_passing(flags: list[Flag]) -> None:
+        failing = [f for f in flags if f.severity == "error" or (strict and f.severity == "warning")]
+        if failing:
+            raise InputError(flags_text(failing) + (" (--strict)" if strict and all(f.severity == "warning"
+                                                                                    for f in failing) else ""),
+                             path=case.mr.path)
+
+    if flags is not None:
+        require_passing(flags)
+    try:
+        if uncertainty:
+            samples = [s for p in predictors for s in p.predict_passes(vol.image, normalized=normalized,
+                                                                          timings=timings)]
+            with clock("combine"):
+                sct, spread = mean_and_spread(samples)
+        elif len(predictors) > 1:
+            samples = [p.predict_image(vol.image, normalized=normalized, timings=timings) for p in predictors]
+            with clock("combine"):
+                sct, spread = mean_and_spread(samples)
+        else:
+            sct, spread = predictors[0].predict_image(vol.image, normalized=normalized, timings=timings), None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    if pending is not None:
+        flags = pending.result()
+        require_passing(flags)
+    with clock("encode"):
+        hu = sitk.GetArrayFromImage(sct)
+        sct_int = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 32767).astype(np.int16))
+        sct_int.CopyInformation(vol.image)
+        linked = False
+        if fmt == "dicom":
+            link = vol.dicom_link if vol.dicom_link and vol.dicom_link.get("StudyInstanceUID") else None
+            linked = link is not None
+            write_dicom_series(sct_int, out_dir / SCT_OUTPUTS["dicom"], modality="CT", link=link or new_link(),
+                               series_description=series_description, derived=True,
+                               extra={"DerivationDescription": "Synthetic CT computed from MR by medtrans",
+                                      "BurnedInAnnotation": "NO"})
+        else:
+            write_volume(sct_int, out_dir / SCT_OUTPUTS[fmt])
+        unc_record = None
+        if uncertainty and spread is not None:
+            spread.CopyInformation(vol.image)
+            write_volume(spread, out_dir / UNCERTAINTY_OUTPUTS[fmt])
+            body = foreground
+            values = (sitk.GetArrayViewFromImage(spread)[body] if body.any()
+                      else sitk.GetArrayViewFromImage(spread).ravel())
+            unc_record = {"output": UNCERTAINTY_OUTPUTS[fmt], "unit": "HU (standard deviation)",
+                          "mean_in_body_hu": float(values.mean()), "p95_in_body_hu": float(np.percentile(values, 95)),
+                          "passes_per_model": len(UNCERTAINTY_PASSES), "models": len(predictors)}
+    timings["total"] = time.perf_counter() - t0
     record = {
         "case": case.name,
         "status": "ok",
@@ -171,7 +215,7 @@ def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt:
         "tta_flip": predictors[0].tta_flip,
         "software": {"medtrans": medtrans.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": str(predictors[0].device),
-        "timings_s": {"read": t_read, "inference": t_infer, "write": t_write, "total": time.perf_counter() - t0},
+        "timings_s": timings,
     }
     write_json(out_dir / SCT_RECORD, record)  # last: marks the case complete
     return record

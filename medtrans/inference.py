@@ -7,6 +7,9 @@ memory is bounded by the batch, not the volume), mapped back to HU and put on th
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,43 +105,75 @@ class Predictor:
         self.generator.train(was_training)
         return out
 
-    def predict_image(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None) -> sitk.Image:
+    def predict_image(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None,
+                      timings: dict[str, float] | None = None) -> sitk.Image:
         """An MR image -> synthetic CT in HU (float32) on exactly the MR's grid.
 
         The normalized MR is resampled (linear) to the working spacing the model was trained at, predicted there,
         and the sCT is resampled (linear) back onto the MR's own grid.
         """
-        return self.predict_passes(mr, ((False, 1.0, 0),), normalized=normalized)[0]
+        return self.predict_passes(mr, ((False, 1.0, 0),), normalized=normalized, timings=timings)[0]
 
     def predict_passes(self, mr: sitk.Image, passes: tuple[tuple[bool, float, int], ...] = UNCERTAINTY_PASSES,
-                       *, normalized: tuple[sitk.Image, dict] | None = None) -> list[sitk.Image]:
+                       *, normalized: tuple[sitk.Image, dict] | None = None,
+                       timings: dict[str, float] | None = None) -> list[sitk.Image]:
         """One sCT (HU, on the MR's grid) per test-time pass ``(left-right flip, intensity gain, shift)``.
 
         The gain scales the normalized MR about its background value, as if the normalization's high percentile
         had come out that much lower or higher; the shift moves the slices by whole pixels (undone on the
         output). The spread of the passes is the model's sensitivity to such plausible changes of its input (the
         uncertainty map, see docs/trust.md). ``normalized`` is ``normalize_mr(mr, self.mr_normalization)`` when the
-        caller already has it (it is the costly part with N4).
+        caller already has it (it is the costly part with N4). ``timings`` (seconds) accumulates ``to_model_grid``
+        (resampling to the working spacing, reorienting), ``network`` (host-to-device copies included) and
+        ``to_mr_grid`` (back to HU on the MR's grid).
         """
+        clock = Stopwatch(timings)
         mr_norm, stats = normalized if normalized is not None else normalize_mr(mr, self.mr_normalization)
         background = stats["background"]
-        grid = working_grid(mr, self.spacing) if self.spacing else None
-        work = resample_onto(mr_norm, grid, default=background) if grid is not None else mr_norm
-        canonical = sitk.GetArrayFromImage(to_canonical(work))
+        with clock("to_model_grid"):
+            grid = working_grid(mr, self.spacing) if self.spacing else None
+            work = resample_onto(mr_norm, grid, default=background) if grid is not None else mr_norm
+            canonical = sitk.GetArrayFromImage(to_canonical(work))
         outputs = []
         for flip, gain, shift in passes:
-            x = background + np.float32(gain) * (canonical - background) if gain != 1.0 else canonical
-            x = x[..., ::-1] if flip else x
-            x = np.roll(x, (shift, shift), axis=(1, 2)) if shift else x
-            pred = self.predict_normalized(np.ascontiguousarray(x), background)
-            pred = np.roll(pred, (-shift, -shift), axis=(1, 2)) if shift else pred
-            pred = pred[..., ::-1] if flip else pred
-            hu = array_from_canonical(denormalize_ct(np.ascontiguousarray(pred)), reference=work)
-            if grid is not None:
-                hu = resample_onto(hu, mr, default=-1024.0)
-                hu.CopyInformation(mr)
+            with clock("network"):
+                x = background + np.float32(gain) * (canonical - background) if gain != 1.0 else canonical
+                x = x[..., ::-1] if flip else x
+                x = np.roll(x, (shift, shift), axis=(1, 2)) if shift else x
+                pred = self.predict_normalized(np.ascontiguousarray(x), background)
+            with clock("to_mr_grid"):
+                pred = np.roll(pred, (-shift, -shift), axis=(1, 2)) if shift else pred
+                pred = pred[..., ::-1] if flip else pred
+                hu = array_from_canonical(denormalize_ct(np.ascontiguousarray(pred)), reference=work)
+                if grid is not None:
+                    hu = resample_onto(hu, mr, default=-1024.0)
+                    hu.CopyInformation(mr)
             outputs.append(hu)
         return outputs
+
+
+class Stopwatch:
+    """Accumulates wall seconds per named stage into a dict (or does nothing without one).
+
+    Example:
+        >>> t = {}
+        >>> with Stopwatch(t)("decode"):
+        ...     pass
+        >>> list(t)
+        ['decode']
+    """
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.timings is not None:
+                self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 def predictor_from_bundle(bundle, *, device: torch.device, batch_size: int = 0, tta_flip: bool = False) -> Predictor:

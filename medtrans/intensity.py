@@ -94,8 +94,16 @@ def normalize_mr(image: sitk.Image, spec: MRNormalization) -> tuple[sitk.Image, 
         A float32 image on the same grid, and the per-volume statistics used (for the record), including
         ``background``: the normalized value of zero signal, used to pad slices.
     """
+    normalized, stats, _ = normalize_mr_with_foreground(image, spec)
+    return normalized, stats
+
+
+def normalize_mr_with_foreground(image: sitk.Image,
+                                 spec: MRNormalization) -> tuple[sitk.Image, dict[str, float], np.ndarray]:
+    """:func:`normalize_mr`, also returning the foreground it used (:func:`mr_foreground` of the non-negative,
+    N4-corrected if ``spec.n4``, MR; array order): callers that need it too need not compute it again."""
     img = n4_correct(image) if spec.n4 else sitk.Cast(image, sitk.sitkFloat32)
-    arr = sitk.GetArrayFromImage(img).astype(np.float32)
+    arr = sitk.GetArrayFromImage(img).astype(np.float32, copy=False)
     arr = np.maximum(arr, 0.0)  # magnitude MR is non-negative; negatives are reconstruction artefacts
     fg = mr_foreground(arr)
     values = arr[fg] if fg.any() else arr.reshape(-1)
@@ -110,8 +118,7 @@ def normalize_mr(image: sitk.Image, spec: MRNormalization) -> tuple[sitk.Image, 
         stats = {"mean": mean, "std": std, "background": -mean / std}
     else:
         raise ValueError(f"unknown MR normalization {spec.method!r}")
-    out = np.clip(out, -5.0, 5.0).astype(np.float32)  # bound outliers (metal, vessels) for the network
+    out = np.clip(out, -5.0, 5.0, out=out).astype(np.float32, copy=False)  # bound outliers (metal, vessels)
     result = sitk.GetImageFromArray(out)
     result.CopyInformation(image)
-    return result, stats
-
+    return result, stats, fg

@@ -54,24 +54,34 @@ def flags_text(flags: list[Flag]) -> str:
 # ------------------------------------------------------------------------------------------------ MR profiles
 
 
-def mr_profile(mr: sitk.Image, spec: MRNormalization, *, normalized: sitk.Image | None = None) -> dict[str, Any]:
+def mr_profile(mr: sitk.Image, spec: MRNormalization, *, normalized: sitk.Image | None = None,
+               foreground: np.ndarray | None = None) -> dict[str, Any]:
     """What the input checks compare: the normalized intensity histogram of the MR foreground, spacing, body
     extent (mm along the canonical axes), orientation and the foreground's share of the field of view.
 
-    ``normalized`` is ``normalize_mr(mr, spec)[0]`` when the caller already has it.
+    ``normalized`` is ``normalize_mr(mr, spec)[0]`` and ``foreground`` is ``mr_foreground`` of the non-negative
+    raw MR (array order) when the caller already has them.
     """
     norm = normalized if normalized is not None else normalize_mr(mr, spec)[0]
     arr = sitk.GetArrayFromImage(to_canonical(norm))
     raw = np.maximum(sitk.GetArrayFromImage(to_canonical(mr)).astype(np.float32), 0)
-    fg = mr_foreground(raw)
+    if foreground is not None:
+        fg_image = sitk.GetImageFromArray(foreground.astype(np.uint8))
+        fg_image.CopyInformation(mr)
+        fg = sitk.GetArrayViewFromImage(to_canonical(fg_image)) > 0
+    else:
+        fg = mr_foreground(raw)
     hist, _ = np.histogram(np.clip(arr[fg], *HIST_RANGE), bins=HIST_BINS, range=HIST_RANGE)
     spacing = canonical_spacing(mr)
-    if fg.any():
-        idx = np.nonzero(fg)  # (z, y, x) in canonical order
-        extent = [float((int(i.max()) - int(i.min()) + 1) * sp) for i, sp in zip(idx[::-1], spacing, strict=True)]
+    any_fg = bool(fg.any())
+    if any_fg:
+        extent = []  # per canonical axis x, y, z; projections of the mask, far cheaper than np.nonzero
+        for axis, sp in zip((2, 1, 0), spacing, strict=True):
+            idx = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
+            extent.append(float((int(idx[-1]) - int(idx[0]) + 1) * sp))
     else:
         extent = [0.0, 0.0, 0.0]
-    values = raw[fg] if fg.any() else raw.ravel()
+    values = raw[fg] if any_fg else raw.ravel()
     return {"histogram": (hist / max(1, hist.sum())).tolist(), "spacing": spacing, "extent_mm": extent,
             "orientation": orientation_code(mr), "foreground_fraction": float(fg.mean()),
             "variation": float(values.std() / (abs(values.mean()) + 1e-6))}

@@ -12,6 +12,7 @@ config; only the keys in :data:`RESUME_SAFE_KEYS` (which cannot change the weigh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -74,6 +75,34 @@ def saved_config(out: str | Path) -> dict[str, Any]:
         except (OSError, yaml.YAMLError):
             pass
     return _config_of(load_torch(checkpoint_file(out), what="the run's last checkpoint"), checkpoint_file(out))
+
+
+#: The shipped config ``medtrans train`` uses on a CUDA device when no ``--config`` is given.
+GPU_PROFILE = "gpu"
+
+
+def choose_profile(config: str | Path | None, *, resume: bool, device: str,
+                   cuda_available: bool | None = None) -> tuple[str | Path | None, str | None]:
+    """The config ``medtrans train`` runs with, and a note saying so when it chose the GPU profile itself.
+
+    On a CUDA device (``--device cuda``, or ``auto`` with CUDA present) and without ``--config``, the GPU profile
+    (``configs/gpu.yaml``) is used; an explicit ``--config`` (``default`` included) is always respected, and a
+    resume keeps the run's saved config.
+
+    Example:
+        >>> choose_profile(None, resume=False, device="cuda", cuda_available=True)[0]
+        'gpu'
+        >>> choose_profile("default", resume=False, device="cuda", cuda_available=True)
+        ('default', None)
+    """
+    if config is not None or resume:
+        return config, None
+    cuda = device.startswith("cuda") or (device == "auto" and (
+        torch.cuda.is_available() if cuda_available is None else cuda_available))
+    if not cuda:
+        return config, None
+    return GPU_PROFILE, (f"GPU profile: configs/{GPU_PROFILE}.yaml (chosen for the CUDA device; "
+                         "--config default keeps the CPU-sized model)")
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -150,16 +179,20 @@ class TrainStep:
         self.cfg, self.amp, self.fmt = train_cfg, amp, fmt
         self.adv = PatchAdversarialLoss(criterion=train_cfg.gan_loss)
 
+    def _autocast(self, device_type: str) -> Any:
+        # without AMP no autocast context at all: the step then also runs on the meta device (FLOP counting)
+        return torch.autocast(device_type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
     def __call__(self, mr: torch.Tensor, ct: torch.Tensor, mk: torch.Tensor) -> torch.Tensor:
         device_type = mr.device.type
         if self.fmt is torch.channels_last:
             mr, ct = mr.contiguous(memory_format=self.fmt), ct.contiguous(memory_format=self.fmt)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+        with self._autocast(device_type):
             fake = self.g(mr)
         d_loss = torch.zeros((), device=mr.device)
         if self.d is not None:
             self.opt_d.zero_grad(set_to_none=True)
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+            with self._autocast(device_type):
                 logits = self.d(torch.cat([mr, mr]), torch.cat([ct, fake.detach()])).float()
                 real_l, fake_l = logits.chunk(2)
                 d_loss = 0.5 * (self.adv(real_l, target_is_real=True, for_discriminator=True)
@@ -168,7 +201,7 @@ class TrainStep:
             self.opt_d.step()
             self.sched_d.step()
         self.opt_g.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.amp):
+        with self._autocast(device_type):
             l1 = masked_l1(fake.float(), ct, mk if self.cfg.masked_l1 else None)
             g_loss = self.cfg.l1_weight * l1
             if self.d is not None:
@@ -178,6 +211,54 @@ class TrainStep:
         self.opt_g.step()
         self.sched_g.step()
         return torch.stack([g_loss.detach(), l1.detach(), d_loss.detach()])
+
+
+#: Dense bf16 tensor-core peak (TFLOP/s) by CUDA device name, for the trainer's utilisation figure (vendor data
+#: sheets; first match wins). ``MEDTRANS_PEAK_TFLOPS`` overrides it for any other device.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.5), ("H100 PCIe", 756.0), ("H100 NVL", 835.5), ("H100", 989.5), ("GH200", 989.5),
+    ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10", 125.0), ("RTX 4090", 165.2), ("RTX 6000 Ada", 364.2))
+
+
+def bf16_peak_tflops(device: torch.device) -> float | None:
+    """The device's dense bf16 peak in TFLOP/s (None where unknown, e.g. a CPU, unless MEDTRANS_PEAK_TFLOPS is set).
+
+    Example:
+        >>> bf16_peak_tflops(torch.device("cpu")) is None or "MEDTRANS_PEAK_TFLOPS" in os.environ
+        True
+    """
+    if os.environ.get("MEDTRANS_PEAK_TFLOPS"):
+        return float(os.environ["MEDTRANS_PEAK_TFLOPS"])
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), None)
+
+
+def count_step_flops(cfg: Config, generator: torch.nn.Module, discriminator: torch.nn.Module | None,
+                     dev: torch.device, *, amp: bool, fmt: torch.memory_format) -> int:
+    """FLOPs of one :class:`TrainStep` at the config's batch and crop size (forward and backward of every network
+    it runs), counted by PyTorch's ``FlopCounterMode`` while the trainer's own step runs once on copies of the
+    networks (the run's weights, optimizers and random streams are untouched). The copy runs one sample and the
+    count is scaled by the batch size: every operation the counter counts (convolutions, matrix products) is
+    linear in the batch.
+    """
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = copy.deepcopy(generator)
+    d = copy.deepcopy(discriminator) if discriminator is not None else None
+    opt_g, opt_d = optimizers(cfg, g, d, dev)
+    constant = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0) if opt is not None else None  # noqa: E731
+    step = TrainStep(g, d, opt_g, opt_d, constant(opt_g), constant(opt_d), cfg.train, amp=amp, fmt=fmt)
+    c, k = cfg.train.crop_size, cfg.model.context_slices
+    mr = torch.zeros(1, k, c, c, device=dev)
+    ct, mask = torch.full((1, 1, c, c), -1.0, device=dev), torch.ones(1, 1, c, c, device=dev)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+            FlopCounterMode(display=False) as counter:
+        step(mr, ct, mask)
+    return int(counter.get_total_flops()) * cfg.train.batch_size
 
 
 def _budget_horizon(done: int, elapsed: float, per_step: float, max_minutes: float, max_steps: int, world: int,
@@ -213,6 +294,7 @@ def train(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """Train a generator on a prepared dataset and write the run folder (see ``docs/cli.md``).
 
@@ -227,9 +309,11 @@ def train(
         device: ``auto``, ``cpu`` or ``cuda``.
         seed: seeds the initial weights and the data stream.
         progress: show a progress bar.
+        profile: how the config was chosen (e.g. the GPU profile picked for a CUDA device), for the record.
 
     Returns:
-        A summary: final step, best validation metrics, bundle path.
+        A summary: final step, best validation metrics, bundle path, and the achieved throughput (TFLOP/s per
+        device from :func:`count_step_flops`, and its fraction of the device's bf16 peak where known).
     """
     prep, out = Path(prep), Path(out)
     if stop_step is not None and stop_step < 1:
@@ -304,6 +388,9 @@ def train(
         start, best_mae, best_step = int(state["step"]), float(state["best_mae"]), int(state["best_step"])
         torch.set_rng_state(state["torch_rng"])
 
+    amp = cfg.train.amp and dev.type == "cuda"
+    step_flops = count_step_flops(cfg, gen, disc, dev, amp=amp, fmt=fmt)
+    peak = bf16_peak_tflops(dev)
     g_train, d_train = gen, disc
     if world > 1:
         ids = [dev.index] if dev.type == "cuda" else None
@@ -323,13 +410,15 @@ def train(
     if is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", cfg.dump())
-        write_json(out / "environment.json", _environment(dev, world))
+        write_json(out / "environment.json", {**_environment(dev, world), "profile": profile,
+                                               "step_gflop": step_flops / 1e9, "bf16_peak_tflops": peak})
     predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev, spacing=spacing)
-    amp = cfg.train.amp and dev.type == "cuda"
     t_start = time.perf_counter()
     bar = tqdm(total=stop, initial=start, desc="train", unit="step", disable=not (progress and is_main))
     sums = torch.zeros(3, device=dev)
     n_acc, t_log, step, t_timed = 0, time.perf_counter(), start, time.perf_counter()
+    t_aside = 0.0  # validation and checkpoint seconds since the last log: not training throughput
+    trained = {"steps": 0, "seconds": 0.0}
 
     def checkpoint(step_done: int) -> None:
         save_torch(ckpt_path, {
@@ -371,16 +460,22 @@ def train(
             last = done == stop or timed_out
             if done % LOG_EVERY == 0 or last:
                 vals = (sums / n_acc).tolist()  # the only host sync, every LOG_EVERY steps
-                elapsed = time.perf_counter() - t_log
-                rate = n_acc * cfg.train.batch_size * world / max(elapsed, 1e-9)
+                elapsed = max(time.perf_counter() - t_log - t_aside, 1e-9)
+                rate = n_acc * cfg.train.batch_size * world / elapsed
+                tflops = step_flops * n_acc / elapsed / 1e12  # per device
+                trained["steps"] += n_acc
+                trained["seconds"] += elapsed
                 rec = {"step": done, "g_loss": vals[0], "l1": vals[1], "d_loss": vals[2],
-                       "lr": sched_g.get_last_lr()[0], "slices_per_s": rate}
+                       "lr": sched_g.get_last_lr()[0], "slices_per_s": rate, "tflops": tflops,
+                       "mfu": tflops / peak if peak else None}
                 if is_main:
                     with open(log_file, "a") as fh:
                         fh.write(json.dumps(rec) + "\n")
-                    bar.set_postfix(l1=f"{vals[1]:.4f}", d=f"{vals[2]:.3f}", sps=f"{rate:.0f}")
+                    bar.set_postfix(l1=f"{vals[1]:.4f}", d=f"{vals[2]:.3f}", sps=f"{rate:.0f}",
+                                    **({"mfu": f"{tflops / peak:.1%}"} if peak else {"TFLOPs": f"{tflops:.2f}"}))
                 sums.zero_()
-                n_acc, t_log = 0, time.perf_counter()
+                n_acc, t_log, t_aside = 0, time.perf_counter(), 0.0
+            t_side = time.perf_counter()
             if is_main and val_cases and (done % cfg.train.val_every == 0 or last):
                 metrics = validate(predictor, prep, val_cases)
                 with open(log_file, "a") as fh:
@@ -390,6 +485,7 @@ def train(
                     save_torch(out / "checkpoints" / "best.pt", {"step": done, "generator": gen.state_dict()})
             if is_main and (done % cfg.train.checkpoint_every == 0 or last):
                 checkpoint(done)
+            t_aside += time.perf_counter() - t_side
             bar.update()
             if world > 1:
                 dist.barrier()
@@ -407,7 +503,12 @@ def train(
         # forward, so after the last step every rank takes rank 0's (the ones rank 0 saves in the bundle)
         for buffer in gen.buffers():
             dist.broadcast(buffer, src=0)
-    result = {"step": step + 1, "best_val_mae": best_mae if best_step >= 0 else None, "best_step": best_step}
+    achieved = step_flops * trained["steps"] / max(trained["seconds"], 1e-9) / 1e12
+    result = {"step": step + 1, "best_val_mae": best_mae if best_step >= 0 else None, "best_step": best_step,
+              "throughput": {"step_gflop": step_flops / 1e9, "tflops_per_device": achieved,
+                             "bf16_peak_tflops": peak, "mfu": achieved / peak if peak else None,
+                             "slices_per_s": trained["steps"] * cfg.train.batch_size * world
+                             / max(trained["seconds"], 1e-9)}}
     if is_main:
         best_file = out / "checkpoints" / "best.pt"
         weights = (load_torch(best_file, what="the best checkpoint")["generator"] if best_file.exists()

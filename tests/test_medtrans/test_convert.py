@@ -160,3 +160,24 @@ def test_sharding_covers_every_case_once(tmp_path):
     assert sorted(seen) == sorted(c.name for c in cases) and len(seen) == 7
     with pytest.raises(MedtransError):
         parse_shard("3/3")
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_stage_timings_and_input_checks_beside_inference(tiny_run, prepared, tmp_path, monkeypatch, overlap):
+    """sct.json says where the time went; with the checks on a thread (as on a GPU) an error flag still fails
+    the case before anything is written, and a good case converts the same."""
+    import medtrans.convert as convert_module
+
+    monkeypatch.setattr(convert_module, "overlap_input_checks", lambda device: overlap)
+    mr = sitk.ReadImage(str(prepared / "phantom_000" / "mr.nii.gz"))
+    for name, image in (("good", mr), ("flat", sitk.Cast(mr > 50, sitk.sitkInt16) * 100)):
+        (tmp_path / "in" / name).mkdir(parents=True)
+        sitk.WriteImage(image, str(tmp_path / "in" / name / "mr.nii.gz"))
+    res = {r["case"]: r for r in convert_cohort(tiny_run, tmp_path / "in", tmp_path / "out", device="cpu",
+                                                progress=False)}
+    assert res["flat"]["status"] == "failed" and "near_constant" in res["flat"]["error"]
+    assert not any((tmp_path / "out" / "flat").glob("sct*"))
+    assert res["good"]["status"] == "ok"
+    stages = res["good"]["timings_s"]
+    assert {"decode", "normalize", "input_checks", "to_model_grid", "network", "to_mr_grid", "encode"} <= set(stages)
+    assert sum(v for k, v in stages.items() if k != "total") <= stages["total"] * (2 if overlap else 1) + 1e-3

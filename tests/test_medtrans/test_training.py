@@ -114,6 +114,62 @@ def test_run_folder_contents(tiny_run):
 
 
 @pytest.mark.parametrize("gan", [0.0, 1.0])
+def test_step_flops_are_the_trainers_own_step(gan):
+    """The FLOP count comes from running TrainStep itself; scaling a one-sample count by the batch is exact."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medtrans.models import Discriminator
+    from medtrans.training.trainer import TrainStep, count_step_flops, optimizers
+
+    cfg = load_config(None, overrides=[*TINY, f"train.gan_weight={gan}", "train.batch_size=3"])
+    torch.manual_seed(0)
+    g = Generator(cfg.model)
+    d = Discriminator(cfg.model) if gan else None
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    rng = torch.get_rng_state()
+    flops = count_step_flops(cfg, g, d, torch.device("cpu"), amp=False, fmt=torch.contiguous_format)
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())  # the run's weights are untouched
+    assert torch.equal(rng, torch.get_rng_state())
+    opt_g, opt_d = optimizers(cfg, g, d, torch.device("cpu"))
+    flat = lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0) if o else None  # noqa: E731
+    step = TrainStep(g, d, opt_g, opt_d, flat(opt_g), flat(opt_d), cfg.train, amp=False, fmt=torch.contiguous_format)
+    c = cfg.train.crop_size
+    with FlopCounterMode(display=False) as counter:  # the real batch of 3, once
+        step(torch.randn(3, cfg.model.context_slices, c, c), torch.randn(3, 1, c, c), torch.ones(3, 1, c, c))
+    assert flops == counter.get_total_flops() > 0
+    if gan:  # the adversarial step runs the discriminator three times and backpropagates through it twice
+        no_gan = load_config(None, overrides=[*TINY, "train.batch_size=3"])
+        assert flops > 1.5 * count_step_flops(no_gan, g, None, torch.device("cpu"), amp=False,
+                                              fmt=torch.contiguous_format)
+
+
+def test_train_logs_throughput_and_utilisation(prepared, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDTRANS_PEAK_TFLOPS", "0.5")  # a CPU has no bf16 peak in the table: give one
+    cfg = load_config(None, overrides=[*TINY, "train.max_steps=20"])
+    result = train(prepared, tmp_path / "run", cfg, device="cpu", progress=False)
+    t = result["throughput"]
+    assert t["step_gflop"] > 0 and t["tflops_per_device"] > 0 and t["mfu"] == pytest.approx(t["tflops_per_device"] / 0.5)
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = [r for r in logs if "tflops" in r]
+    assert len(rates) == 2 and all(r["mfu"] == pytest.approx(r["tflops"] / 0.5) for r in rates)
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())
+    assert env["step_gflop"] == pytest.approx(t["step_gflop"]) and env["bf16_peak_tflops"] == 0.5
+
+
+def test_gpu_profile_is_chosen_on_cuda_only_without_a_config():
+    from medtrans.training.trainer import choose_profile
+
+    assert choose_profile(None, resume=False, device="auto", cuda_available=True)[0] == "gpu"
+    assert choose_profile(None, resume=False, device="cuda:1", cuda_available=True)[0] == "gpu"
+    assert choose_profile(None, resume=False, device="auto", cuda_available=False) == (None, None)
+    assert choose_profile(None, resume=False, device="cpu", cuda_available=True) == (None, None)
+    assert choose_profile("pix2pix", resume=False, device="cuda", cuda_available=True) == ("pix2pix", None)
+    assert choose_profile(None, resume=True, device="cuda", cuda_available=True) == (None, None)
+    gpu = load_config("gpu")
+    assert gpu.train.compile and gpu.train.batch_size * gpu.train.crop_size**2 > 4 * 16 * 96**2
+
+
+@pytest.mark.parametrize("gan", [0.0, 1.0])
 def test_modes_beat_constant_hu(prepared, tmp_path, gan):
     """Regression and GAN modes both reach a validation MAE clearly below the best constant HU."""
     from medtrans.evaluation.baselines import constant_hu
