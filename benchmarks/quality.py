@@ -9,8 +9,16 @@ SynthRAD2023 metrics and bone MAE (true HU ≥ 300). The two baselines are fitte
 patients in the same run. THE MR IS SIMULATED: these figures are not results on real paired data.
 
 Usage:
-    python benchmarks/quality.py [--minutes 10] [--config default] [--set train.gan_weight=0 ...]
-                                 [--holdout tcga0002] [--sims 3] [--device auto] [--out DIR]
+    python benchmarks/quality.py [--minutes 10] [--config default|3d] [--set train.gan_weight=0 ...]
+                                 [--ensemble K] [--planes axial,coronal,sagittal]
+                                 [--holdout tcga0002] [--sims 3] [--device auto] [--out DIR] [--tag NAME]
+
+Modes at equal wall-clock budgets (issue #15; reuse one --out so the cohort is prepared once):
+    python benchmarks/quality.py --out Q --tag 2.5D                          # the default slice model
+    python benchmarks/quality.py --out Q --tag 3D --config 3d                # 3D patches, sliding windows
+    python benchmarks/quality.py --out Q --tag tri-planar --planes axial,coronal,sagittal
+    python benchmarks/quality.py --out Q --tag ensemble-3 --ensemble 3       # three seeds
+An ensemble's members share the budget (each trains minutes / members).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from medtrans.evaluation.metrics import compute_metrics
 from medtrans.fsutil import write_json
 from medtrans.inference import pick_device
 from medtrans.intensity import MRNormalization
-from medtrans.training.trainer import train
+from medtrans.training.trainer import train, train_ensemble
 
 METRICS = ("mae", "psnr", "ssim", "mae_bone")
 
@@ -62,6 +70,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tag", default="", help="label of this configuration in the table")
     ap.add_argument("--out", type=Path, default=None, help="keep everything here (default: a temp folder)")
+    ap.add_argument("--ensemble", type=int, default=1, help="train this many members (seeds); they share the budget")
+    ap.add_argument("--planes", default=None, help="slice planes of the members, e.g. axial,coronal,sagittal")
     a = ap.parse_args()
 
     patients = available_patients()
@@ -101,7 +111,13 @@ def main() -> None:
     if run.exists():
         shutil.rmtree(run)
     t = time.perf_counter()
-    summary = train(out / "prep", run, run_cfg, max_minutes=a.minutes, device=device, progress=True)
+    planes = [p.strip() for p in a.planes.split(",")] if a.planes else None
+    if a.ensemble > 1 or planes:
+        summary = train_ensemble(out / "prep", run, run_cfg, ensemble=a.ensemble, planes=planes,
+                                 max_minutes=a.minutes, device=device, progress=True)
+        summary["step"] = sum(m["step"] for m in summary["members"])  # steps of all members together
+    else:
+        summary = train(out / "prep", run, run_cfg, max_minutes=a.minutes, device=device, progress=True)
     t_train = time.perf_counter() - t
     steps = summary["step"]
     per_step = t_train / max(1, steps)
@@ -132,6 +148,7 @@ def main() -> None:
     record = {
         "what": "pseudo-pairs (real CT, SIMULATED MR); not real paired data",
         "tag": a.tag, "config": run_cfg.to_dict(), "overrides": a.set, "holdout": a.holdout,
+        "ensemble": a.ensemble, "planes": planes,
         "train_patients": sorted({n.rsplit("_sim", 1)[0] for n in train_cases}), "sims_per_patient": a.sims,
         "device": device, "cpu_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -139,14 +156,15 @@ def main() -> None:
         "seconds": {"prepare": t_prepare, "train": t_train, "convert_per_case": t_convert / max(len(test), 1)},
         "mean_over_heldout_cases": table, "per_case": results,
     }
-    write_json(out / "quality.json", record)
+    record_file = out / (f"quality_{a.tag}.json" if a.tag else "quality.json")
+    write_json(record_file, record)
     hw = record["gpu"] or f"{record['cpu_threads']} CPU threads"
     print(f"\nheld-out patient {a.holdout} ({len(test)} simulated MRs); trained on {record['train_patients']}; "
           f"{summary['step']} steps in {t_train / 60:.1f} min on {hw}{' [' + a.tag + ']' if a.tag else ''}")
     print("| method (held-out patient) | MAE HU | PSNR dB | SSIM | bone MAE HU |\n|---|---|---|---|---|")
     for label, m in table.items():
         print(f"| {label} | {m['mae']:.1f} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['mae_bone']:.0f} |")
-    print(f"record: {out / 'quality.json'}")
+    print(f"record: {record_file}")
 
 
 if __name__ == "__main__":

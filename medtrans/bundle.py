@@ -96,6 +96,32 @@ def resolve_bundle_dir(path: str | Path) -> Path:
                        path=p)
 
 
+#: Written by ``medtrans train --ensemble K`` / ``--planes``: the members of an ensemble run folder.
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def model_members(path: str | Path) -> list[Path]:
+    """The model folders a ``--model`` path stands for: every member of an ensemble run (``ensemble.json``),
+    else the path itself.
+
+    Raises:
+        DatasetError: an ensemble run whose record is unreadable or whose members have not all finished.
+    """
+    p = Path(path)
+    record = p / ENSEMBLE_FILE
+    if not record.is_file():
+        return [p]
+    try:
+        names = [m["name"] for m in json.loads(record.read_text())["members"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{ENSEMBLE_FILE} cannot be read: {exc}", path=p) from None
+    unfinished = [n for n in names if not (p / n / "bundle" / "bundle.json").is_file()]
+    if unfinished:
+        raise DatasetError(f"ensemble members not trained yet: {', '.join(unfinished)} (finish them with "
+                           "medtrans train --resume)", path=p)
+    return [p / n for n in names]
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Load a bundle or a run's bundle, checking its format."""
     folder = resolve_bundle_dir(path)

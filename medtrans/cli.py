@@ -119,10 +119,14 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from RUN/checkpoints/last.pt with the run's saved config (--config/--set may change only bookkeeping keys).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data stream.")] = 0,
+    ensemble: Annotated[int, typer.Option(min=1, help="Train this many members (seeds seed..seed+K-1) into one run folder; convert averages them.")] = 1,
+    planes: Annotated[Optional[str], typer.Option(help="Slice planes of the members, e.g. axial,coronal,sagittal (tri-planar 2.5D, fused by convert).")] = None,  # noqa: UP045
 ) -> None:
-    """Train the MONAI U-Net generator (L1; --config pix2pix adds the PatchGAN). Several GPUs: torchrun."""
+    """Train the MONAI U-Net generator (L1; --config pix2pix adds the PatchGAN; --config 3d a 3D patch model).
+    Several GPUs: torchrun. --ensemble/--planes train several members; a time budget is shared among them."""
+    from medtrans.bundle import ENSEMBLE_FILE
     from medtrans.config import load_config
-    from medtrans.training.trainer import checkpoint_file, choose_profile, saved_config
+    from medtrans.training.trainer import checkpoint_file, choose_profile, saved_config, train_ensemble
     from medtrans.training.trainer import train as run
 
     # on resume, --config/--set apply on top of the run's saved config; the trainer refuses real changes
@@ -131,6 +135,13 @@ def train(
     if profile:
         typer.echo(profile)
     cfg = load_config(config, overrides=set_, base=base)
+    if ensemble > 1 or planes or (out / ENSEMBLE_FILE).is_file():
+        plane_list = [p.strip() for p in planes.split(",") if p.strip()] if planes else None
+        summary = train_ensemble(data, out, cfg, ensemble=ensemble, planes=plane_list, stop_step=max_steps,
+                                 max_minutes=max_minutes, resume=resume, device=device, seed=seed, profile=profile)
+        typer.echo(f"{len(summary['members'])} members: " + ", ".join(
+            f"{m['member']} (step {m['step']})" for m in summary["members"]) + f"; convert --model {out}")
+        return
     result = run(data, out, cfg, stop_step=max_steps, max_minutes=max_minutes, resume=resume, device=device,
                  seed=seed, profile=profile)
     if "bundle" in result:

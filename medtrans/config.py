@@ -55,7 +55,9 @@ class PrepareConfig:
 class ModelConfig:
     """Generator (MONAI UNet + plain head) and discriminator (MONAI PatchDiscriminator)."""
 
-    context_slices: int = 3  #: MR slices given as channels (1 = 2D, 3/5 = 2.5D), odd
+    spatial_dims: int = 2  #: 2 = slice model (2D/2.5D); 3 = 3D patch model (sliding-window inference)
+    plane: str = "axial"  #: slice plane of a 2D/2.5D model: axial | coronal | sagittal (tri-planar: one of each)
+    context_slices: int = 3  #: MR slices given as channels (1 = 2D, 3/5 = 2.5D), odd; 1 for 3D
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  #: UNet features per level
     strides: list[int] = field(default_factory=lambda: [2, 2, 2])  #: UNet down-sampling strides
     num_res_units: int = 2  #: residual units per UNet block
@@ -63,6 +65,8 @@ class ModelConfig:
     head_features: int = 16  #: UNet output features fed to the 1x1 convolution head
     disc_channels: int = 64  #: PatchDiscriminator base features
     disc_layers: int = 3  #: PatchDiscriminator layers (3 gives a 70x70 receptive field)
+    patch_depth: int = 32  #: 3D: slices per training patch and inference window (in-plane: train.crop_size)
+    sw_overlap: float = 0.5  #: 3D: overlap of sliding inference windows (Gaussian-weighted blending)
 
 
 @dataclass
@@ -209,6 +213,8 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("model", "disc_channels"): (1, None),
     ("model", "disc_layers"): (1, None),
     ("model", "num_res_units"): (0, None),
+    ("model", "patch_depth"): (4, None),
+    ("model", "sw_overlap"): (0.0, 0.9),
     ("train", "batch_size"): (1, None),
     ("train", "crop_size"): (8, None),
     ("train", "lr"): (1e-12, 1.0),
@@ -259,6 +265,8 @@ def validate(cfg: Config) -> None:
         ("prepare", "registration"): ("rigid", "affine", "rigid+bspline", "none"),
         ("prepare", "mr_norm"): ("percentile", "zscore"),
         ("model", "norm"): ("instance", "batch"),
+        ("model", "spatial_dims"): (2, 3),
+        ("model", "plane"): ("axial", "coronal", "sagittal"),
         ("train", "gan_loss"): ("least_squares", "bce", "hinge"),
     }
     for (section, key), allowed in choices.items():
@@ -266,6 +274,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}")
     if cfg.model.context_slices < 1 or cfg.model.context_slices % 2 == 0:
         raise ConfigError("model.context_slices must be a positive odd number")
+    if cfg.model.spatial_dims == 3 and (cfg.model.context_slices != 1 or cfg.model.plane != "axial"):
+        raise ConfigError("a 3D model (model.spatial_dims=3) takes model.context_slices=1 and model.plane=axial "
+                          "(its patches are volumes; --config 3d sets both)")
     if len(cfg.model.strides) != len(cfg.model.channels) - 1:
         raise ConfigError("model.strides needs one entry fewer than model.channels")
     total_stride = 1
@@ -273,6 +284,8 @@ def validate(cfg: Config) -> None:
         total_stride *= s
     if cfg.train.crop_size % total_stride:
         raise ConfigError(f"train.crop_size must be divisible by the UNet's total stride {total_stride}")
+    if cfg.model.spatial_dims == 3 and cfg.model.patch_depth % total_stride:
+        raise ConfigError(f"model.patch_depth must be divisible by the UNet's total stride {total_stride}")
     if len(cfg.prepare.split) != 3 or abs(sum(cfg.prepare.split) - 1) > 1e-6:
         raise ConfigError("prepare.split must be three fractions (train, val, test) summing to 1")
     if any(s % total_stride for s in cfg.prepare.slice_size):

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import medtrans
-from medtrans.bundle import load_bundle
+from medtrans.bundle import load_bundle, model_members
 from medtrans.cohort import Case, discover
 from medtrans.dicom_out import new_link, write_dicom_series
 from medtrans.errors import InputError, MedtransError
@@ -229,7 +229,9 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
     """Convert every case under ``input_path``; failures are recorded and the others go on.
 
     Args:
-        model: a run folder or bundle, or several (an ensemble: their sCTs are averaged).
+        model: a run folder or bundle, or several (an ensemble: their sCTs are averaged with equal weights); an
+            ensemble run folder (``train --ensemble``/``--planes``) stands for all its members, so a tri-planar
+            run fuses its axial, coronal and sagittal models.
         uncertainty: also write the voxelwise spread of test-time passes and ensemble members (HU).
         strict: fail a case that has any warning flag (by default warnings are recorded and the case converts).
 
@@ -238,13 +240,14 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
     """
     if fmt not in SCT_OUTPUTS:
         raise MedtransError(f"--format must be one of {', '.join(SCT_OUTPUTS)}")
-    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    given = list(model) if isinstance(model, (list, tuple)) else [model]
+    models = [member for m in given for member in model_members(m)]  # an ensemble run stands for its members
     bundles = [load_bundle(m) for m in models]
     if len({json.dumps(b.mr_normalization.to_dict()) for b in bundles}) > 1:
         raise MedtransError("the models of an ensemble must share one MR normalization; these differ: "
                             + ", ".join(str(m) for m in models))
     cases = shard_cases(discover(input_path, mr_series=mr_series), parse_shard(shard))
-    out = claim_output_dir(out, kind="convert", inputs=[input_path, *models], signatures=[f"*/{SCT_RECORD}"],
+    out = claim_output_dir(out, kind="convert", inputs=[input_path, *given], signatures=[f"*/{SCT_RECORD}"],
                            allow_nonempty=allow_nonempty)
     dev = pick_device(device)
     predictors = [predictor_from_bundle(b, device=dev, batch_size=batch_size, tta_flip=tta) for b in bundles]

@@ -63,47 +63,89 @@ def context_indices(n_slices: int, centre: np.ndarray, context: int) -> np.ndarr
     return np.clip(centre[:, None] + np.arange(-r, r + 1)[None, :], 0, n_slices - 1)
 
 
+#: Axis order that puts a slice plane's normal first in a canonical (z, y, x) array (its inverse undoes it).
+PLANE_AXES: dict[str, tuple[int, int, int]] = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
+
+
 @dataclass
 class Predictor:
-    """A generator ready for inference on one device."""
+    """A generator ready for inference on one device: a slice model in its plane, or a 3D patch model."""
 
     generator: Generator
     mr_normalization: MRNormalization
     context_slices: int
     stride: int
     device: torch.device
-    batch_size: int = 0  #: slices per forward pass; 0 = auto (see :func:`auto_batch_size`)
+    batch_size: int = 0  #: slices (3D: windows) per forward pass; 0 = auto (see :func:`auto_batch_size`)
     tta_flip: bool = False
     spacing: list[float] | None = None  #: working spacing the model was trained at (canonical x, y[, z]); None = native
+    plane: str = "axial"  #: slice plane of a 2D/2.5D model
+    window: tuple[int, int, int] | None = None  #: 3D model: sliding-window size (z, y, x); None = a slice model
+    overlap: float = 0.5  #: 3D model: overlap of neighbouring windows (blended with Gaussian weights)
 
     def __post_init__(self) -> None:
         self.batch_size = self.batch_size or auto_batch_size(self.device)
 
     @torch.inference_mode()
     def predict_normalized(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
-        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32)."""
-        z, h, w = mr_canonical.shape
+        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32).
+
+        A slice model runs on the slices of its plane; a 3D model slides its window over the volume. With
+        ``tta_flip`` the left-right mirrored volume is predicted too and the two are averaged.
+        """
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            out = self._predict(mr_canonical, background)
+            if self.tta_flip:
+                mirrored = self._predict(np.ascontiguousarray(mr_canonical[..., ::-1]), background)
+                out = 0.5 * (out + mirrored[..., ::-1])
+        finally:
+            self.generator.train(was_training)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _predict(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
+        if self.window is not None:
+            return self._predict_windows(mr_canonical, background)
+        axes = PLANE_AXES[self.plane]
+        out = self._predict_slices(np.ascontiguousarray(np.transpose(mr_canonical, axes)), background)
+        return np.transpose(out, np.argsort(axes))
+
+    def _predict_slices(self, stack: np.ndarray, background: float) -> np.ndarray:
+        z, h, w = stack.shape
         ph, pw = (-h) % self.stride, (-w) % self.stride
-        vol = torch.from_numpy(np.ascontiguousarray(mr_canonical, dtype=np.float32))
+        vol = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
         if ph or pw:
             vol = F.pad(vol, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float(background))
         vol = vol.to(self.device)
         out = np.empty((z, h, w), np.float32)
         use_amp = self.device.type == "cuda"
-        was_training = self.generator.training
-        self.generator.eval()
         for start in range(0, z, self.batch_size):
             centre = np.arange(start, min(z, start + self.batch_size))
             idx = torch.from_numpy(context_indices(z, centre, self.context_slices)).to(self.device)
             x = vol[idx]  # (B, k, H', W')
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                 y = self.generator(x).float()
-                if self.tta_flip:
-                    y = 0.5 * (y + self.generator(x.flip(-1)).float().flip(-1))
             y = y[:, 0, ph // 2: ph // 2 + h, pw // 2: pw // 2 + w]
             out[centre] = y.cpu().numpy()
-        self.generator.train(was_training)
         return out
+
+    def _predict_windows(self, volume: np.ndarray, background: float) -> np.ndarray:
+        """MONAI's sliding-window inference over the volume (padded with the MR background to at least a window)."""
+        from monai.inferers import sliding_window_inference
+
+        shape = volume.shape
+        pads = [max(0, win - n) for win, n in zip(self.window, shape, strict=True)]
+        vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+        if any(pads):  # F.pad takes the last axis first
+            vol = F.pad(vol, [p for n in reversed(pads) for p in (n // 2, n - n // 2)], value=float(background))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            y = sliding_window_inference(vol[None, None].to(self.device), roi_size=self.window,
+                                         sw_batch_size=self.batch_size, predictor=self.generator,
+                                         overlap=self.overlap, mode="gaussian", padding_mode="replicate")
+        y = y[0, 0].float()
+        crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, shape, strict=True))
+        return y[crop].cpu().numpy()
 
     def predict_image(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None,
                       timings: dict[str, float] | None = None) -> sitk.Image:
@@ -181,5 +223,7 @@ def predictor_from_bundle(bundle, *, device: torch.device, batch_size: int = 0, 
     from medtrans.models import total_stride
 
     g = bundle.generator().to(device)
+    window = tuple(bundle.info["window"]) if bundle.model.spatial_dims == 3 else None
     return Predictor(g, bundle.mr_normalization, bundle.model.context_slices, total_stride(bundle.model), device,
-                     batch_size=batch_size, tta_flip=tta_flip, spacing=bundle.spacing)
+                     batch_size=batch_size, tta_flip=tta_flip, spacing=bundle.spacing, plane=bundle.model.plane,
+                     window=window, overlap=bundle.model.sw_overlap)

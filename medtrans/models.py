@@ -1,4 +1,5 @@
-"""Networks from MONAI: a 2D UNet generator with a plain head, and a conditional PatchGAN discriminator.
+"""Networks from MONAI: a UNet generator (2D slices or 3D patches) with a plain head, and a conditional PatchGAN
+discriminator of the same dimensionality.
 
 Why the head: with ``num_res_units > 0`` MONAI's UNet ends in a transposed convolution followed by a
 normalization layer (``model.norm``: batch norm by default, or instance norm) and an activation. With one
@@ -21,16 +22,17 @@ from medtrans.intensity import CT_BACKGROUND
 
 
 class Generator(nn.Module):
-    """MR (``context_slices`` channels) -> normalized CT in (-1, 1)."""
+    """MR (``context_slices`` channels; one channel of a 3D patch) -> normalized CT in (-1, 1)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.unet = UNet(
-            spatial_dims=2, in_channels=cfg.context_slices, out_channels=cfg.head_features,
+            spatial_dims=cfg.spatial_dims, in_channels=cfg.context_slices, out_channels=cfg.head_features,
             channels=tuple(cfg.channels), strides=tuple(cfg.strides), num_res_units=cfg.num_res_units,
             norm=cfg.norm.upper(),
         )
-        self.head = nn.Conv2d(cfg.head_features, 1, kernel_size=1)
+        conv = nn.Conv3d if cfg.spatial_dims == 3 else nn.Conv2d
+        self.head = conv(cfg.head_features, 1, kernel_size=1)
         nn.init.normal_(self.head.weight, std=1e-3)
         # tanh(bias) = slightly above -1: the untrained network predicts air, not mid-grey
         nn.init.constant_(self.head.bias, math.atanh(CT_BACKGROUND * 0.95))
@@ -46,7 +48,8 @@ class Discriminator(nn.Module):
         super().__init__()
         # Instance norm makes one forward over real and fake pairs equal to two separate ones.
         self.net = PatchDiscriminator(
-            spatial_dims=2, channels=cfg.disc_channels, in_channels=cfg.context_slices + 1, out_channels=1,
+            spatial_dims=cfg.spatial_dims, channels=cfg.disc_channels, in_channels=cfg.context_slices + 1,
+            out_channels=1,
             num_layers_d=cfg.disc_layers, norm="INSTANCE",
         )
 
@@ -57,3 +60,11 @@ class Discriminator(nn.Module):
 def total_stride(cfg: ModelConfig) -> int:
     """The factor every input side must be divisible by."""
     return math.prod(cfg.strides)
+
+
+def sample_shape(cfg: ModelConfig, crop: int) -> tuple[int, ...]:
+    """One training sample's shape without the batch axis: ``(k, crop, crop)`` for a slice model,
+    ``(1, patch_depth, crop, crop)`` for a 3D model."""
+    if cfg.spatial_dims == 3:
+        return (1, cfg.patch_depth, crop, crop)
+    return (cfg.context_slices, crop, crop)

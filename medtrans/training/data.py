@@ -47,6 +47,8 @@ class SliceBank:
     centre: torch.Tensor  # (M,) int64: the centre slice of each sample
     box: torch.Tensor  # (M, 4) int64: body bounding box of the centre slice (row min, row max, col min, col max)
     cases: list[str]
+    span: torch.Tensor | None = None  # (M, 2) int64: first and one-past-last bank row of the sample's case
+    floor: torch.Tensor | None = None  # (M,) float32: the normalized MR background of the sample's case
 
     @property
     def num_samples(self) -> int:
@@ -56,7 +58,9 @@ class SliceBank:
         pin = device.type == "cuda"
         move = (lambda t: t.pin_memory().to(device, non_blocking=True)) if pin else (lambda t: t.to(device))
         return SliceBank(move(self.mr), move(self.ct), move(self.mask), self.neighbours.to(device),
-                         self.centre.to(device), self.box.to(device), self.cases)
+                         self.centre.to(device), self.box.to(device), self.cases,
+                         self.span.to(device) if self.span is not None else None,
+                         self.floor.to(device) if self.floor is not None else None)
 
 
 def load_bank(prep: str | Path, manifest: dict[str, Any], split: str, context: int) -> SliceBank:
@@ -64,7 +68,7 @@ def load_bank(prep: str | Path, manifest: dict[str, Any], split: str, context: i
     prep = Path(prep)
     names = manifest["split"].get(split, [])
     records = {r["case"]: r for r in manifest["cases"]}
-    mrs, cts, masks, nbrs, centres = [], [], [], [], []
+    mrs, cts, masks, nbrs, centres, spans, floors = [], [], [], [], [], [], []
     offset = 0
     for name in names:
         folder = prep / name
@@ -86,6 +90,8 @@ def load_bank(prep: str | Path, manifest: dict[str, Any], split: str, context: i
         masks.append(np.asarray(mk))
         nbrs.append(context_indices(mr.shape[0], keep, context) + offset)
         centres.append(keep + offset)
+        spans.append(np.tile([offset, offset + mr.shape[0]], (len(keep), 1)))
+        floors.append(np.full(len(keep), float(np.min(mr)), np.float32))  # normalized MR never goes below it
         offset += mr.shape[0]
     if not names or offset == 0:
         raise DatasetError(f"the prepared dataset has no '{split}' cases", path=prep)
@@ -94,6 +100,7 @@ def load_bank(prep: str | Path, manifest: dict[str, Any], split: str, context: i
         torch.from_numpy(np.concatenate(mrs)), torch.from_numpy(np.concatenate(cts)),
         torch.from_numpy(all_masks), torch.from_numpy(np.concatenate(nbrs)),
         torch.from_numpy(all_centres), torch.from_numpy(body_boxes(all_masks[all_centres])), list(names),
+        torch.from_numpy(np.concatenate(spans).astype(np.int64)), torch.from_numpy(np.concatenate(floors)),
     )
 
 
@@ -112,12 +119,17 @@ def body_boxes(masks: np.ndarray) -> np.ndarray:
 
 
 class BatchStream:
-    """Deterministic batches for one rank: ``batch(step)`` needs no state beyond the step number."""
+    """Deterministic batches for one rank: ``batch(step)`` needs no state beyond the step number.
+
+    Axial 2D/2.5D samples by default; ``plane`` ``coronal``/``sagittal`` cut the same prepared volumes across the
+    slices (a ``crop``-slice extent of the case along z), and ``depth`` > 0 cuts 3D patches of ``depth`` slices
+    (the model input is then ``(B, 1, depth, crop, crop)``).
+    """
 
     def __init__(self, bank: SliceBank, *, batch_size: int, crop: int, flip: bool, seed: int, rank: int,
-                 world: int, bias_field: float = 0.0) -> None:
+                 world: int, bias_field: float = 0.0, plane: str = "axial", depth: int = 0) -> None:
         self.bank, self.batch_size, self.crop, self.flip = bank, batch_size, crop, flip
-        self.bias_field = bias_field
+        self.bias_field, self.plane, self.depth = bias_field, plane, depth
         self.seed, self.rank, self.world = seed, rank, world
         self._sampler = DistributedSampler(range(bank.num_samples), num_replicas=world, rank=rank, shuffle=True,
                                            seed=seed, drop_last=False)
@@ -140,7 +152,9 @@ class BatchStream:
         return torch.tensor(chosen, dtype=torch.int64)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mr (B,k,c,c), ct (B,1,c,c), mask (B,1,c,c)) as float32 on the bank's device."""
+        """(mr (B,k,c,c), ct (B,1,c,c), mask (B,1,c,c)) as float32 on the bank's device; 3D: (B,1,D,c,c) each."""
+        if self.depth or self.plane != "axial":
+            return self._volume_batch(step)
         bank = self.bank
         dev = bank.mr.device
         idx = self._indices(step).to(dev)
@@ -166,6 +180,64 @@ class BatchStream:
             coef = (torch.rand(b, 5, generator=g) * 2 - 1).mul_(self.bias_field).to(dev)
             mr = (mr + 1.0) * _bias_fields(coef, c) - 1.0  # MR signal 0 is -1 once normalized
         return mr, ct.float(), mk.float()
+
+
+    def _volume_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """3D patches, or coronal/sagittal 2.5D images, cut from the cases' stacked axial slices."""
+        bank = self.bank
+        dev = bank.mr.device
+        idx = self._indices(step).to(dev)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
+        b, c = idx.numel(), self.crop
+        h, w = bank.mr.shape[1:]
+        u = torch.rand(4, b, generator=g, dtype=torch.float64).to(dev)
+        flips = (torch.rand(b, generator=g) < 0.5).to(dev) if self.flip else torch.zeros(b, dtype=torch.bool,
+                                                                                         device=dev)
+        box, span, centre = bank.box[idx], bank.span[idx], bank.centre[idx]
+        n_z = self.depth or c
+        # z extent: uniform over the placements inside the case that contain the sample's centre slice; a case
+        # thinner than the extent is covered whole, padded with background (as inference pads a thin volume)
+        z_lo = torch.maximum(span[:, 0], centre - n_z + 1)
+        z_hi = torch.minimum(span[:, 1] - n_z, centre)
+        z_lo, z_hi = torch.minimum(z_lo, z_hi), torch.maximum(z_lo, z_hi)
+        z0 = z_lo + torch.floor(u[0] * (z_hi - z_lo + 1).double()).long().clamp(max=z_hi - z_lo)
+        zs = z0[:, None] + torch.arange(n_z, device=dev)[None]  # (B, n_z)
+        inside = (zs >= span[:, :1]) & (zs < span[:, 1:])
+        zs = torch.minimum(torch.maximum(zs, span[:, :1]), span[:, 1:] - 1)
+        rows = _crop_origin(box[:, 0], box[:, 1], c, h, u[1])[:, None] + torch.arange(c, device=dev)[None]
+        cols = _crop_origin(box[:, 2], box[:, 3], c, w, u[2])[:, None] + torch.arange(c, device=dev)[None]
+        cols = torch.where(flips[:, None], cols.flip(1), cols)  # left-right flip
+        if self.depth:  # (B, 1, D, c, c)
+            at = (zs[:, :, None, None], rows[:, None, :, None], cols[:, None, None, :])
+            mr, ct, mk = (bank.mr[at][:, None], bank.ct[at][:, None], bank.mask[at][:, None])
+        else:
+            r = self.bank.neighbours.shape[1] // 2
+            k_off = torch.arange(-r, r + 1, device=dev)[None]
+            if self.plane == "coronal":  # image (z, x) at a row of the body; neighbours are rows
+                row = box[:, 0] + torch.floor(u[3] * (box[:, 1] - box[:, 0] + 1).double()).long()
+                nb = (row[:, None] + k_off).clamp(0, h - 1)  # (B, k)
+                mr = bank.mr[zs[:, None, :, None], nb[:, :, None, None], cols[:, None, None, :]]
+                ct = bank.ct[zs[:, :, None], row[:, None, None], cols[:, None, :]][:, None]
+                mk = bank.mask[zs[:, :, None], row[:, None, None], cols[:, None, :]][:, None]
+            else:  # sagittal: image (z, y) at a column of the body; neighbours are columns
+                col = box[:, 2] + torch.floor(u[3] * (box[:, 3] - box[:, 2] + 1).double()).long()
+                nb = (col[:, None] + k_off).clamp(0, w - 1)
+                # left-right mirroring leaves a sagittal image as it is and reverses its stack of neighbours
+                nb = torch.where(flips[:, None], nb.flip(1), nb)
+                mr = bank.mr[zs[:, None, :, None], rows[:, None, None, :], nb[:, :, None, None]]
+                ct = bank.ct[zs[:, :, None], rows[:, None, :], col[:, None, None]][:, None]
+                mk = bank.mask[zs[:, :, None], rows[:, None, :], col[:, None, None]][:, None]
+        # outside the case along z: MR background, air, no body (shaped to broadcast over the samples' z axis)
+        keep = inside[:, None, :, None, None] if self.depth else inside[:, None, :, None]
+        floor = bank.floor[idx].view(-1, *([1] * (mr.dim() - 1)))
+        mr = torch.where(keep, mr.float(), floor)
+        ct = torch.where(keep, ct.float(), -1.0)
+        mk = torch.where(keep, mk.float(), 0.0)
+        if self.bias_field > 0:
+            coef = (torch.rand(b, 5, generator=g) * 2 - 1).mul_(self.bias_field).to(dev)
+            field = _bias_fields(coef, c)
+            mr = (mr + 1.0) * (field[:, :, None] if self.depth else field) - 1.0
+        return mr, ct, mk
 
 
 def _crop_origin(first: torch.Tensor, last: torch.Tensor, crop: int, size: int, u: torch.Tensor) -> torch.Tensor:

@@ -29,13 +29,13 @@ from monai.losses import PatchAdversarialLoss
 from tqdm import tqdm
 
 import medtrans
-from medtrans.bundle import save_bundle
+from medtrans.bundle import ENSEMBLE_FILE, save_bundle
 from medtrans.config import Config, load_config
 from medtrans.errors import ConfigError, MedtransError
 from medtrans.fsutil import claim_output_dir, load_torch, save_torch, write_json, write_text
-from medtrans.inference import Predictor, pick_device
+from medtrans.inference import PLANE_AXES, Predictor, pick_device
 from medtrans.intensity import MRNormalization
-from medtrans.models import Discriminator, Generator, total_stride
+from medtrans.models import Discriminator, Generator, sample_shape, total_stride
 from medtrans.qa import mr_profile, training_profile
 from medtrans.training.data import BatchStream, load_bank, load_manifest
 
@@ -252,9 +252,10 @@ def count_step_flops(cfg: Config, generator: torch.nn.Module, discriminator: tor
     opt_g, opt_d = optimizers(cfg, g, d, dev)
     constant = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0) if opt is not None else None  # noqa: E731
     step = TrainStep(g, d, opt_g, opt_d, constant(opt_g), constant(opt_d), cfg.train, amp=amp, fmt=fmt)
-    c, k = cfg.train.crop_size, cfg.model.context_slices
-    mr = torch.zeros(1, k, c, c, device=dev)
-    ct, mask = torch.full((1, 1, c, c), -1.0, device=dev), torch.ones(1, 1, c, c, device=dev)
+    shape = sample_shape(cfg.model, cfg.train.crop_size)
+    target = (1, 1, *shape[1:])
+    mr = torch.zeros(1, *shape, device=dev)
+    ct, mask = torch.full(target, -1.0, device=dev), torch.ones(target, device=dev)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
             FlopCounterMode(display=False) as counter:
         step(mr, ct, mask)
@@ -350,8 +351,11 @@ def train(
     k = cfg.model.context_slices
     bank = load_bank(prep, manifest, "train", k).to(dev)
     val_cases = manifest["split"].get("val", [])
+    three_d = cfg.model.spatial_dims == 3
     stream = BatchStream(bank, batch_size=cfg.train.batch_size, crop=cfg.train.crop_size, flip=cfg.train.flip,
-                         seed=seed, rank=rank, world=world, bias_field=cfg.train.bias_field)
+                         seed=seed, rank=rank, world=world, bias_field=cfg.train.bias_field, plane=cfg.model.plane,
+                         depth=cfg.model.patch_depth if three_d else 0)
+    window = (cfg.model.patch_depth, cfg.train.crop_size, cfg.train.crop_size) if three_d else None
     # every case of a manifest was prepared with the manifest's config (a config change re-prepares all cases)
     prepared_with = load_config(None, base=manifest["config"]).prepare
     spec = MRNormalization.from_prepare(prepared_with)
@@ -361,7 +365,8 @@ def train(
     gen = Generator(cfg.model).to(dev)
     use_gan = cfg.train.gan_weight > 0
     disc = Discriminator(cfg.model).to(dev) if use_gan else None
-    fmt = torch.channels_last if (cfg.train.channels_last and dev.type == "cuda") else torch.contiguous_format
+    fmt = (torch.channels_last if (cfg.train.channels_last and dev.type == "cuda" and not three_d)
+           else torch.contiguous_format)
     gen = gen.to(memory_format=fmt)
     if disc is not None:
         disc = disc.to(memory_format=fmt)
@@ -412,7 +417,8 @@ def train(
         write_text(out / "config.yaml", cfg.dump())
         write_json(out / "environment.json", {**_environment(dev, world), "profile": profile,
                                                "step_gflop": step_flops / 1e9, "bf16_peak_tflops": peak})
-    predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev, spacing=spacing)
+    predictor = Predictor(gen, spec, k, total_stride(cfg.model), dev, spacing=spacing, plane=cfg.model.plane,
+                          window=window, overlap=cfg.model.sw_overlap)
     t_start = time.perf_counter()
     bar = tqdm(total=stop, initial=start, desc="train", unit="step", disable=not (progress and is_main))
     sums = torch.zeros(3, device=dev)
@@ -518,7 +524,7 @@ def train(
                                     for name in manifest["split"]["train"]])
         bundle = save_bundle(out / "bundle", model=cfg.model, mr_normalization=spec, state_dict=weights,
                              spacing=spacing, info={
-            "training_profile": profile,
+            "training_profile": profile, "window": list(window) if window else None, "seed": seed,
             "trained_steps": result["step"], "selected": "best validation MAE" if best_file.exists() else "last step",
             "best_val_mae_hu": best_mae if best_step >= 0 else None, "best_step": best_step,
             "dataset": str(prep.resolve()), "split": manifest["split"],
@@ -529,3 +535,73 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def ensemble_members(cfg: Config, *, ensemble: int, planes: list[str] | None, seed: int) -> list[dict[str, Any]]:
+    """The members of an ensemble run: ``ensemble`` seeds times the slice ``planes`` (default: the config's).
+
+    Example:
+        >>> [m["name"] for m in ensemble_members(load_config(None), ensemble=2, planes=None, seed=0)]
+        ['member0_axial', 'member1_axial']
+        >>> [m["plane"] for m in ensemble_members(load_config(None), ensemble=1, planes=["axial", "coronal"], seed=0)]
+        ['axial', 'coronal']
+    """
+    if ensemble < 1:
+        raise MedtransError(f"--ensemble must be at least 1, not {ensemble}")
+    planes = planes or [cfg.model.plane]
+    bad = [p for p in planes if p not in PLANE_AXES]
+    if bad:
+        raise MedtransError(f"--planes: unknown plane(s) {', '.join(bad)}; use axial, coronal, sagittal")
+    if cfg.model.spatial_dims == 3 and planes != ["axial"]:
+        raise MedtransError("--planes applies to slice models; a 3D model (model.spatial_dims=3) has no plane")
+    return [{"name": f"member{i}_{plane}", "seed": seed + i, "plane": plane}
+            for i in range(ensemble) for plane in planes]
+
+
+def train_ensemble(prep: str | Path, out: str | Path, cfg: Config, *, ensemble: int = 1,
+                   planes: list[str] | None = None, stop_step: int | None = None, max_minutes: float | None = None,
+                   resume: bool = False, device: str = "auto", seed: int = 0, progress: bool = True,
+                   profile: str | None = None) -> dict[str, Any]:
+    """Train the members of an ensemble one after the other into ``out/<member>/`` (each a full run folder).
+
+    Members differ in seed (weights and data order) and, with ``planes``, in slice plane (tri-planar 2.5D:
+    ``["axial", "coronal", "sagittal"]``). A time budget is shared equally, so that an ensemble and a single
+    model can be compared at equal wall time. ``convert --model OUT`` averages the members (equal weights) and
+    ``--uncertainty`` includes their spread. With ``resume`` the run's own members and config (``ensemble.json``)
+    are used: finished members are kept, an interrupted one resumes and the rest start.
+    """
+    prep, out = Path(prep), Path(out)
+    record = out / ENSEMBLE_FILE
+    if resume:  # the members are the run's own, whatever --ensemble/--planes say now
+        if not record.is_file():
+            raise MedtransError(f"--resume: {out} holds no ensemble run ({ENSEMBLE_FILE} missing)")
+        try:
+            saved = json.loads(record.read_text())
+            members, cfg = saved["members"], load_config(None, base=saved["config"])
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise MedtransError(f"{ENSEMBLE_FILE} cannot be read: {exc}", path=out) from None
+    else:
+        members = ensemble_members(cfg, ensemble=ensemble, planes=planes, seed=seed)
+        claim_output_dir(out, kind="train-ensemble", inputs=[prep], signatures=[ENSEMBLE_FILE])
+        if record.exists():
+            raise MedtransError(f"{out} already holds an ensemble run; pass --resume to continue it")
+        write_json(record, {"members": members, "planes": planes, "ensemble": ensemble,
+                            "budget_minutes": max_minutes, "config": cfg.to_dict(), "profile": profile})
+    share = max_minutes / len(members) if max_minutes is not None else None
+    results = []
+    for m in members:
+        folder = out / m["name"]
+        if (folder / "summary.json").is_file():
+            results.append({"member": m["name"], **json.loads((folder / "summary.json").read_text())})
+            continue
+        member_cfg = load_config(None, base=cfg.to_dict(), overrides=[f"model.plane={m['plane']}"])
+        result = train(prep, folder, member_cfg, stop_step=stop_step, max_minutes=share,
+                       resume=resume and checkpoint_file(folder).is_file(), device=device, seed=m["seed"],
+                       progress=progress, profile=profile)
+        results.append({"member": m["name"], **result})
+    summary = {"members": results, "bundle": None, "step": max(r["step"] for r in results),
+               "best_val_mae": None}
+    maes = [r["best_val_mae"] for r in results if r.get("best_val_mae") is not None]
+    summary["best_val_mae"] = float(np.mean(maes)) if maes else None
+    write_json(out / "summary.json", summary)
+    return summary
