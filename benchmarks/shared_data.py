@@ -8,11 +8,13 @@ them are never results on real paired data.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: ../shared beside the checkout; MEDTRANS_SHARED points elsewhere (e.g. a copy carried to a GPU machine)
+SHARED = Path(os.environ.get("MEDTRANS_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 PSEUDO_PAIRS = SHARED / "tools" / "pseudo_pairs.py"
 
 #: (patient label, CT path under shared/data, offset from stored values to HU)

@@ -56,7 +56,7 @@ class ModelConfig:
     """Generator (MONAI UNet + plain head) and discriminator (MONAI PatchDiscriminator)."""
 
     spatial_dims: int = 2  #: 2 = slice model (2D/2.5D); 3 = 3D patch model (sliding-window inference)
-    plane: str = "axial"  #: slice plane of a 2D/2.5D model: axial | coronal | sagittal (tri-planar: one of each)
+    plane: str = "axial"  #: slice plane of a 2D/2.5D model: axial | coronal | sagittal | all (one model, every plane)
     context_slices: int = 3  #: MR slices given as channels (1 = 2D, 3/5 = 2.5D), odd; 1 for 3D
     channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  #: UNet features per level
     strides: list[int] = field(default_factory=lambda: [2, 2, 2])  #: UNet down-sampling strides
@@ -266,7 +266,7 @@ def validate(cfg: Config) -> None:
         ("prepare", "mr_norm"): ("percentile", "zscore"),
         ("model", "norm"): ("instance", "batch"),
         ("model", "spatial_dims"): (2, 3),
-        ("model", "plane"): ("axial", "coronal", "sagittal"),
+        ("model", "plane"): ("axial", "coronal", "sagittal", "all"),
         ("train", "gan_loss"): ("least_squares", "bce", "hinge"),
     }
     for (section, key), allowed in choices.items():

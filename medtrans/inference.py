@@ -79,7 +79,7 @@ class Predictor:
     batch_size: int = 0  #: slices (3D: windows) per forward pass; 0 = auto (see :func:`auto_batch_size`)
     tta_flip: bool = False
     spacing: list[float] | None = None  #: working spacing the model was trained at (canonical x, y[, z]); None = native
-    plane: str = "axial"  #: slice plane of a 2D/2.5D model
+    plane: str = "axial"  #: slice plane of a 2D/2.5D model; "all": applied in every plane, predictions averaged
     window: tuple[int, int, int] | None = None  #: 3D model: sliding-window size (z, y, x); None = a slice model
     overlap: float = 0.5  #: 3D model: overlap of neighbouring windows (blended with Gaussian weights)
 
@@ -107,7 +107,12 @@ class Predictor:
     def _predict(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
         if self.window is not None:
             return self._predict_windows(mr_canonical, background)
-        axes = PLANE_AXES[self.plane]
+        if self.plane == "all":  # one model trained on every plane: applied in each, fused with equal weights
+            return sum(self._predict_plane(mr_canonical, background, p) for p in PLANE_AXES) / len(PLANE_AXES)
+        return self._predict_plane(mr_canonical, background, self.plane)
+
+    def _predict_plane(self, mr_canonical: np.ndarray, background: float, plane: str) -> np.ndarray:
+        axes = PLANE_AXES[plane]
         out = self._predict_slices(np.ascontiguousarray(np.transpose(mr_canonical, axes)), background)
         return np.transpose(out, np.argsort(axes))
 

@@ -32,7 +32,7 @@ def run(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProces
 def source_copy(dest: Path) -> Path:
     """The project's files without build outputs, venvs or caches (a wheel is built from a clean tree)."""
     ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-                                    ".ruff_cache", "medtrans_demo")
+                                    ".ruff_cache", "medtrans_demo", ".whl", ".gpu_carry")
     shutil.copytree(ROOT, dest, ignore=ignore)
     return dest
 

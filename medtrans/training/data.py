@@ -118,12 +118,17 @@ def body_boxes(masks: np.ndarray) -> np.ndarray:
     return np.stack([r0, r1, c0, c1], axis=1).astype(np.int64)
 
 
+#: The slice planes, in the order a ``plane: all`` model's training steps cycle through them.
+ALL_PLANES = ("axial", "coronal", "sagittal")
+
+
 class BatchStream:
     """Deterministic batches for one rank: ``batch(step)`` needs no state beyond the step number.
 
     Axial 2D/2.5D samples by default; ``plane`` ``coronal``/``sagittal`` cut the same prepared volumes across the
-    slices (a ``crop``-slice extent of the case along z), and ``depth`` > 0 cuts 3D patches of ``depth`` slices
-    (the model input is then ``(B, 1, depth, crop, crop)``).
+    slices (a ``crop``-slice extent of the case along z), ``all`` takes step ``s``'s batch from plane
+    ``ALL_PLANES[s % 3]``, and ``depth`` > 0 cuts 3D patches of ``depth`` slices (the model input is then
+    ``(B, 1, depth, crop, crop)``).
     """
 
     def __init__(self, bank: SliceBank, *, batch_size: int, crop: int, flip: bool, seed: int, rank: int,
@@ -141,31 +146,34 @@ class BatchStream:
             raise DatasetError(f"train.crop_size {crop} is larger than the prepared slices ({h}x{w})")
 
     def _indices(self, step: int) -> torch.Tensor:
+        """The step's sample indices, on the bank's device: the epoch's order is copied there once per epoch,
+        so a step slices it without a host-to-device copy (which would make the host wait for the GPU)."""
         epoch, j = divmod(step, self.per_epoch)
         if epoch != self._epoch:
             self._sampler.set_epoch(epoch)
             self._order = list(iter(self._sampler))
+            if len(self._order) < self.batch_size:  # fewer samples than a batch: wrap around
+                self._order = (self._order * (self.batch_size // max(1, len(self._order)) + 1))[: self.batch_size]
+            self._order_on_device = torch.tensor(self._order, dtype=torch.int64, device=self.bank.mr.device)
             self._epoch = epoch
-        chosen = self._order[j * self.batch_size:(j + 1) * self.batch_size]
-        if len(chosen) < self.batch_size:  # fewer samples than a batch: wrap around
-            chosen = (self._order * (self.batch_size // max(1, len(self._order)) + 1))[: self.batch_size]
-        return torch.tensor(chosen, dtype=torch.int64)
+        return self._order_on_device[j * self.batch_size:(j + 1) * self.batch_size]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mr (B,k,c,c), ct (B,1,c,c), mask (B,1,c,c)) as float32 on the bank's device; 3D: (B,1,D,c,c) each."""
-        if self.depth or self.plane != "axial":
-            return self._volume_batch(step)
+        plane = ALL_PLANES[step % 3] if self.plane == "all" else self.plane  # "all": the steps cycle the planes
+        if self.depth or plane != "axial":
+            return self._volume_batch(step, plane)
         bank = self.bank
         dev = bank.mr.device
-        idx = self._indices(step).to(dev)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
+        idx = self._indices(step)
+        g = torch.Generator(device=dev).manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
         b, c = idx.numel(), self.crop
         h, w = bank.mr.shape[1:]
-        u = torch.rand(2, b, generator=g, dtype=torch.float64).to(dev)
+        u = torch.rand(2, b, generator=g, dtype=torch.float64, device=dev)
         box = bank.box[idx]
         r0 = _crop_origin(box[:, 0], box[:, 1], c, h, u[0])
         c0 = _crop_origin(box[:, 2], box[:, 3], c, w, u[1])
-        flips = (torch.rand(b, generator=g) < 0.5).to(dev) if self.flip else torch.zeros(b, dtype=torch.bool,
+        flips = torch.rand(b, generator=g, device=dev) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool,
                                                                                          device=dev)
         rows = (r0[:, None] + torch.arange(c, device=dev)[None])[:, :, None]  # (B, c, 1)
         cols = c0[:, None] + torch.arange(c, device=dev)[None]  # (B, c)
@@ -177,21 +185,21 @@ class BatchStream:
         mk = bank.mask[centre[:, None, None], rows, cols][:, None]
         mr = mr.float()
         if self.bias_field > 0:
-            coef = (torch.rand(b, 5, generator=g) * 2 - 1).mul_(self.bias_field).to(dev)
+            coef = (torch.rand(b, 5, generator=g, device=dev) * 2 - 1).mul_(self.bias_field)
             mr = (mr + 1.0) * _bias_fields(coef, c) - 1.0  # MR signal 0 is -1 once normalized
         return mr, ct.float(), mk.float()
 
 
-    def _volume_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _volume_batch(self, step: int, plane: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """3D patches, or coronal/sagittal 2.5D images, cut from the cases' stacked axial slices."""
         bank = self.bank
         dev = bank.mr.device
-        idx = self._indices(step).to(dev)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
+        idx = self._indices(step)
+        g = torch.Generator(device=dev).manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
         b, c = idx.numel(), self.crop
         h, w = bank.mr.shape[1:]
-        u = torch.rand(4, b, generator=g, dtype=torch.float64).to(dev)
-        flips = (torch.rand(b, generator=g) < 0.5).to(dev) if self.flip else torch.zeros(b, dtype=torch.bool,
+        u = torch.rand(4, b, generator=g, dtype=torch.float64, device=dev)
+        flips = torch.rand(b, generator=g, device=dev) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool,
                                                                                          device=dev)
         box, span, centre = bank.box[idx], bank.span[idx], bank.centre[idx]
         n_z = self.depth or c
@@ -213,7 +221,7 @@ class BatchStream:
         else:
             r = self.bank.neighbours.shape[1] // 2
             k_off = torch.arange(-r, r + 1, device=dev)[None]
-            if self.plane == "coronal":  # image (z, x) at a row of the body; neighbours are rows
+            if plane == "coronal":  # image (z, x) at a row of the body; neighbours are rows
                 row = box[:, 0] + torch.floor(u[3] * (box[:, 1] - box[:, 0] + 1).double()).long()
                 nb = (row[:, None] + k_off).clamp(0, h - 1)  # (B, k)
                 mr = bank.mr[zs[:, None, :, None], nb[:, :, None, None], cols[:, None, None, :]]
@@ -234,7 +242,7 @@ class BatchStream:
         ct = torch.where(keep, ct.float(), -1.0)
         mk = torch.where(keep, mk.float(), 0.0)
         if self.bias_field > 0:
-            coef = (torch.rand(b, 5, generator=g) * 2 - 1).mul_(self.bias_field).to(dev)
+            coef = (torch.rand(b, 5, generator=g, device=dev) * 2 - 1).mul_(self.bias_field)
             field = _bias_fields(coef, c)
             mr = (mr + 1.0) * (field[:, :, None] if self.depth else field) - 1.0
         return mr, ct, mk

@@ -81,7 +81,7 @@ def test_named_config_is_not_shadowed_by_a_folder(tmp_path, monkeypatch):
     assert load_config("pix2pix").train.gan_weight > 0
     with pytest.raises(ConfigError, match="is a folder"):
         load_config("./demo")
-    with pytest.raises(ConfigError, match="named configs are 2d, default, demo, pix2pix"):
+    with pytest.raises(ConfigError, match="named configs are 2d, 3d, default, demo, gpu, multiplanar, pix2pix"):
         load_config("nosuch")
 
 

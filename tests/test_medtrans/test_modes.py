@@ -43,7 +43,7 @@ def coordinate_bank(k: int) -> tuple[SliceBank, tuple[int, int, int]]:
 def test_plane_samples_are_what_inference_feeds(plane):
     """A training sample of a plane is laid out exactly as the inference permutation (PLANE_AXES) lays out
     that plane's slices: image axes, neighbour axis, and a left-right flip as the mirror image of the volume."""
-    bank, (z, h, w) = coordinate_bank(3)
+    bank, (z, _, _) = coordinate_bank(3)
     stream = BatchStream(bank, batch_size=8, crop=16, flip=True, seed=1, rank=0, world=1, plane=plane)
     mr, ct, mk = stream.batch(0)
     assert mr.shape == (8, 3, 16, 16) and ct.shape == mk.shape == (8, 1, 16, 16)
@@ -67,8 +67,17 @@ def test_plane_samples_are_what_inference_feeds(plane):
     assert 0 < len(flipped) < 8  # some samples mirrored, some not
 
 
+def test_an_all_planes_model_cycles_the_planes():
+    bank, _ = coordinate_bank(3)
+    stream = BatchStream(bank, batch_size=4, crop=16, flip=False, seed=0, rank=0, world=1, plane="all")
+    for step, plane in zip(range(6), ["axial", "coronal", "sagittal"] * 2, strict=True):
+        mine = BatchStream(bank, batch_size=4, crop=16, flip=False, seed=0, rank=0, world=1, plane=plane)
+        assert all(torch.equal(a, b) for a, b in zip(stream.batch(step), mine.batch(step), strict=True)), step
+    assert load_config("multiplanar").model.plane == "all"
+
+
 def test_3d_patches_are_contiguous_volumes():
-    bank, (z, h, w) = coordinate_bank(1)
+    bank, _ = coordinate_bank(1)
     stream = BatchStream(bank, batch_size=4, crop=16, flip=False, seed=0, rank=0, world=1, depth=8)
     mr, ct, mk = stream.batch(3)
     assert mr.shape == ct.shape == mk.shape == (4, 1, 8, 16, 16)
@@ -92,9 +101,9 @@ def test_plane_inference_permutes_back():
             return x[:, x.shape[1] // 2: x.shape[1] // 2 + 1]
 
     vol = np.random.default_rng(0).normal(size=(10, 12, 14)).astype(np.float32)
-    for plane in PLANE_AXES:
+    for plane in (*PLANE_AXES, "all"):
         p = Predictor(CentreChannel(), MRNormalization(), 3, 4, torch.device("cpu"), plane=plane, tta_flip=True)
-        np.testing.assert_array_equal(p.predict_normalized(vol, -1.0), vol)
+        np.testing.assert_allclose(p.predict_normalized(vol, -1.0), vol, rtol=1e-6, atol=1e-6)
 
 
 def test_sliding_windows_cover_the_volume_exactly():
