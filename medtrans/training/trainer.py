@@ -4,9 +4,10 @@
 ``train.max_steps`` in the config is the schedule's horizon (the learning rate decays to zero there);
 ``--max-steps`` on the command line only says where this invocation stops, so that 8 steps followed by
 ``--resume --max-steps 16`` equals 16 steps straight, bit for bit on CPU. With ``--max-minutes`` the horizon
-follows the budget instead: after :data:`BUDGET_WARMUP_STEPS` steps the measured time per step fixes the step at
-which the budget ends (never beyond ``train.max_steps``), and the checkpoint records it, so a resume continues the
-same schedule. A resumed run keeps its saved
+follows the budget instead: from :data:`BUDGET_WARMUP_STEPS` steps on, the measured mean time per step estimates
+the step at which the budget ends (never beyond ``train.max_steps``), re-estimated every
+:data:`BUDGET_WARMUP_STEPS` steps while the rate is constant and fixed when the decay begins; the checkpoint records
+it, so a resume continues the same schedule. A resumed run keeps its saved
 config; only the keys in :data:`RESUME_SAFE_KEYS` (which cannot change the weights) may differ.
 """
 
@@ -446,14 +447,19 @@ def train(
             if not schedule["fixed"]:
                 if done - start == BUDGET_SKIP_STEPS:  # the first steps carry one-time costs: time the ones after
                     t_timed = time.perf_counter()
-                elif done - start >= BUDGET_WARMUP_STEPS:
+                elif done - start >= BUDGET_WARMUP_STEPS and (done - start) % BUDGET_WARMUP_STEPS == 0:
+                    # estimated from the mean step time since the warm-up, again every BUDGET_WARMUP_STEPS steps
+                    # while the rate is still constant (a new horizon changes no rate used so far); fixed once the
+                    # decay begins, so that the decay runs to zero within the budget
                     now = time.perf_counter()
                     per_step = (now - t_timed) / (done - start - BUDGET_SKIP_STEPS)
-                    schedule.update(horizon=_budget_horizon(done, now - t_start, per_step, max_minutes,
-                                                            cfg.train.max_steps, world, dev), fixed=True)
+                    horizon = _budget_horizon(done, now - t_start, per_step, max_minutes, cfg.train.max_steps,
+                                              world, dev)
+                    decaying = done >= int(horizon * cfg.train.decay_from)
+                    schedule.update(horizon=horizon, fixed=decaying)
                     bar.total = min(stop, schedule["horizon"])  # what the budget allows, not train.max_steps
                     bar.refresh()
-                    if is_main:
+                    if is_main and decaying:
                         with open(log_file, "a") as fh:
                             fh.write(json.dumps({"step": done, "lr_horizon": schedule["horizon"]}) + "\n")
             # a budgeted run ends at its horizon (the rate is zero there); the clock stays a backstop
