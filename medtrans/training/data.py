@@ -165,16 +165,12 @@ class BatchStream:
             return self._volume_batch(step, plane)
         bank = self.bank
         dev = bank.mr.device
-        idx = self._indices(step)
-        g = torch.Generator(device=dev).manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
+        idx, g, u, flips = self._draws(step, 2)
         b, c = idx.numel(), self.crop
         h, w = bank.mr.shape[1:]
-        u = torch.rand(2, b, generator=g, dtype=torch.float64, device=dev)
         box = bank.box[idx]
         r0 = _crop_origin(box[:, 0], box[:, 1], c, h, u[0])
         c0 = _crop_origin(box[:, 2], box[:, 3], c, w, u[1])
-        flips = torch.rand(b, generator=g, device=dev) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool,
-                                                                                         device=dev)
         rows = (r0[:, None] + torch.arange(c, device=dev)[None])[:, :, None]  # (B, c, 1)
         cols = c0[:, None] + torch.arange(c, device=dev)[None]  # (B, c)
         cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, :]  # (B, 1, c)
@@ -189,18 +185,25 @@ class BatchStream:
             mr = (mr + 1.0) * _bias_fields(coef, c) - 1.0  # MR signal 0 is -1 once normalized
         return mr, ct.float(), mk.float()
 
+    def _draws(self, step: int, n_uniform: int) -> tuple[torch.Tensor, torch.Generator, torch.Tensor, torch.Tensor]:
+        """The step's samples and its random numbers, in a fixed order: the sample indices, the step's generator
+        (seeded by seed, step and rank, on the bank's device), ``n_uniform`` float64 uniforms per sample, flips."""
+        dev = self.bank.mr.device
+        idx = self._indices(step)
+        g = torch.Generator(device=dev).manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
+        b = idx.numel()
+        u = torch.rand(n_uniform, b, generator=g, dtype=torch.float64, device=dev)
+        flips = (torch.rand(b, generator=g, device=dev) < 0.5 if self.flip
+                 else torch.zeros(b, dtype=torch.bool, device=dev))
+        return idx, g, u, flips
 
     def _volume_batch(self, step: int, plane: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """3D patches, or coronal/sagittal 2.5D images, cut from the cases' stacked axial slices."""
         bank = self.bank
         dev = bank.mr.device
-        idx = self._indices(step)
-        g = torch.Generator(device=dev).manual_seed((self.seed * 1_000_003 + step) * 97 + self.rank)
+        idx, g, u, flips = self._draws(step, 4)
         b, c = idx.numel(), self.crop
         h, w = bank.mr.shape[1:]
-        u = torch.rand(4, b, generator=g, dtype=torch.float64, device=dev)
-        flips = torch.rand(b, generator=g, device=dev) < 0.5 if self.flip else torch.zeros(b, dtype=torch.bool,
-                                                                                         device=dev)
         box, span, centre = bank.box[idx], bank.span[idx], bank.centre[idx]
         n_z = self.depth or c
         # z extent: uniform over the placements inside the case that contain the sample's centre slice; a case
