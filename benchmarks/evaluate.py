@@ -6,7 +6,9 @@ print them. Both run as fresh processes (start-up and imports included), alterna
 median wall time and each process's peak resident memory are printed, and the metric values are checked equal.
 The metric functions alone are compared too (in this process).
 
-Usage: python benchmarks/evaluate.py [--quick] [--repeats 3]
+``--clinical`` scores one 512x512x300 case (clinical size) instead.
+
+Usage: python benchmarks/evaluate.py [--quick | --clinical] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import argparse
 import csv
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from shared_data import run_measured
 
 from medtrans.evaluation import reference as ref
 from medtrans.evaluation.metrics import compute_metrics
@@ -52,24 +54,13 @@ def synthetic_case(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray,
             mr.astype(np.int16))
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Run ``cmd``; wall seconds, its peak resident memory in GiB (GNU time's %M), its stdout."""
-    with tempfile.TemporaryDirectory() as d:
-        rss = Path(d) / "rss"
-        t = time.perf_counter()
-        p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss), *cmd], capture_output=True, text=True)
-        dt = time.perf_counter() - t
-        if p.returncode:
-            raise SystemExit(f"{' '.join(cmd[:4])} failed ({p.returncode}):\n{p.stderr[-2000:]}")
-        return dt, int(rss.read_text().split()[-1]) / 2**20, p.stdout
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="128x128x100 instead of 256x256x200")
+    ap.add_argument("--clinical", action="store_true", help="512x512x300 instead of 256x256x200")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
-    shape = (100, 128, 128) if a.quick else (200, 256, 256)
+    shape = (300, 512, 512) if a.clinical else (100, 128, 128) if a.quick else (200, 256, 256)
     ct, sct, mask, mr = synthetic_case(shape)
 
     t = time.perf_counter()
@@ -96,7 +87,8 @@ def main() -> None:
     plain_cmd = [sys.executable, "-c", PLAIN_SCRIPT, str(tmp / "plain")]
     plain, ours, peaks = [], [], {"plain": 0.0, "ours": 0.0}
     for i in range(a.repeats):
-        dt, peak, out = run_measured(plain_cmd)
+        dt, peak, proc = run_measured(plain_cmd)
+        out = proc.stdout
         plain.append(dt)
         peaks["plain"] = max(peaks["plain"], peak)
         plain_values = [float(v) for v in out.split()]

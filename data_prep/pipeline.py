@@ -28,32 +28,21 @@ from tqdm import tqdm
 import medtrans
 from medtrans.cohort import Case, discover
 from medtrans.config import Config, load_config
-from medtrans.data_prep.masks import body_mask, dice
-from medtrans.data_prep.registration import BODY_HU, register_ct_to_mr, registration_disagreement, resample_ct
-from medtrans.data_prep.slices import extract_slices
-from medtrans.errors import InputError, MedtransError
-from medtrans.fsutil import atomic_path, claim_output_dir, sha256_of, sweep_stale_temps, write_json
-from medtrans.geometry import canonical_spacing, geometry_of, resample_onto, same_grid, working_grid
-from medtrans.intensity import CT_BACKGROUND, MRNormalization, mr_foreground, normalize_ct, normalize_mr
-from medtrans.io import Volume, read_volume, require_signal, write_volume
+from medtrans.data_prep.case import prepare_case
+from medtrans.data_prep.checks import apply_qa, stage_notes
+from medtrans.errors import MedtransError
+from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
+from medtrans.geometry import canonical_spacing
+from medtrans.io import read_volume
+from medtrans.prepared import MANIFEST, RECORD, SLICE_FILES
 from medtrans.qa import Flag, flags_text
-
-SLICE_FILES = ("mr_slices.npy", "ct_slices.npy", "mask_slices.npy")
-
-
-def _require_registrable(vol: Volume, role: str, shrink: list[int]) -> None:
-    """Refuse a volume too small for the registration pyramid (ITK's smoothing fails on it without a word why)."""
-    need = 2 * max(shrink)
-    size = vol.image.GetSize()
-    if min(size) < need:
-        raise InputError(f"the {role} image is too small to register: {'x'.join(map(str, size))} voxels; "
-                         f"prepare needs at least {need} per axis (2 x the coarsest of "
-                         f"prepare.registration_shrink {shrink})", path=vol.source)
-
 
 #: Prepare keys that decide only the manifest (the split, which flagged cases stay in it), not a case's outputs:
 #: they are left out of a case's key, so changing them re-writes the manifest without redoing any case.
 MANIFEST_ONLY_KEYS = ("split", "split_seed", "qa_max_mm", "qa_keep_flagged")
+#: The default working spacing is the cohort's median in-plane MR spacing, but no finer than this (mm): a 0.5 mm
+#: clinical MR would otherwise cost four times the compute per slice and see a quarter of the body per crop.
+MIN_WORKING_SPACING_MM = 1.0
 
 
 def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
@@ -62,104 +51,6 @@ def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
     prepare = {k: v for k, v in cfg.to_dict()["prepare"].items() if k not in MANIFEST_ONLY_KEYS}
     blob = json.dumps({"inputs": hashes, "prepare": prepare, "version": medtrans.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest(), hashes
-
-
-def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
-    """Prepare one case into ``out_dir`` and return its record (raises on any problem)."""
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if case.errors:
-        raise InputError("; ".join(case.errors), path=case.folder)
-    if case.ct is None:
-        raise InputError("has an MR but no CT; a training pair needs both", path=case.folder)
-    mr_vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
-    ct_vol = read_volume(case.ct.path, series_uid=case.ct.series_uid, modality="CT")
-    for vol, role in ((mr_vol, "MR"), (ct_vol, "CT")):
-        require_signal(vol, role)
-        _require_registrable(vol, role, cfg.prepare.registration_shrink)
-    mr, ct = mr_vol.image, ct_vol.image
-    timings["read"] = time.perf_counter() - t0
-
-    t = time.perf_counter()
-    reg = register_ct_to_mr(mr, ct, cfg.prepare)
-    ct_reg = resample_ct(ct, mr, reg.transform)
-    timings["register"] = time.perf_counter() - t
-    check = registration_disagreement(mr, ct, reg.transform, cfg.prepare) if cfg.prepare.qa_registration_check \
-        else None
-    if check is not None:
-        timings["registration_check"] = check.seconds
-    flags = modality_flags(mr, ct)  # the registration flag depends on prepare.qa_max_mm: set with the manifest
-
-    t = time.perf_counter()
-    provided_mask = None
-    if case.mask is not None:
-        m = read_volume(case.mask.path, series_uid=case.mask.series_uid).image
-        if same_grid(m, mr, tolerance=1e-3):
-            provided_mask = sitk.Cast(m > 0, sitk.sitkUInt8)
-            provided_mask.CopyInformation(mr)
-            if not sitk.GetArrayViewFromImage(provided_mask).any():
-                raise InputError("the mask is empty (no voxel above 0)", path=case.mask.path)
-    mask = provided_mask if provided_mask is not None else body_mask(mr, ct_reg)
-    mask_arr = sitk.GetArrayViewFromImage(mask).astype(bool)
-    if not mask_arr.any():
-        raise InputError("the body mask came out empty; is the MR blank?", path=case.mr.path)
-    ct_arr = sitk.GetArrayFromImage(ct_reg).astype(np.float32)
-    overlap = dice(ct_arr > BODY_HU, mr_foreground(sitk.GetArrayFromImage(mr).astype(np.float32)))
-    spec = MRNormalization.from_prepare(cfg.prepare)
-    mr_norm, mr_stats = normalize_mr(mr, spec)
-    ct_norm = sitk.GetImageFromArray(normalize_ct(ct_arr))
-    ct_norm.CopyInformation(mr)
-    # slices are cut on the working grid (the cohort's one spacing); the volumes stay on the MR's native grid
-    grid = working_grid(mr, cfg.prepare.spacing)
-    if grid is not None:
-        mr_norm = resample_onto(mr_norm, grid, default=mr_stats["background"])
-        ct_norm = resample_onto(ct_norm, grid, default=CT_BACKGROUND)
-        slice_mask = resample_onto(mask, grid, nearest=True)
-    else:
-        slice_mask = mask
-    stack = extract_slices(mr_norm, ct_norm, slice_mask, size=tuple(cfg.prepare.slice_size),
-                           mr_background=mr_stats["background"])
-    # relative to the case's largest body section, so that resolution and field of view do not matter
-    largest = float(stack.body_fraction.max())
-    if largest == 0.0:
-        raise InputError("no slice contains any body (empty mask inside the slice window)", path=case.folder)
-    keep = np.where(stack.body_fraction >= cfg.prepare.min_body_fraction * largest)[0]
-    timings["mask_normalize_slice"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_volume(mr, out_dir / "mr.nii.gz")
-    write_volume(ct_reg, out_dir / "ct_registered.nii.gz")
-    write_volume(mask, out_dir / "mask.nii.gz")
-    with atomic_path(out_dir / "ct_to_mr.tfm") as tmp:
-        sitk.WriteTransform(reg.transform, str(tmp))
-    for name, arr in zip(SLICE_FILES, (stack.mr, stack.ct, stack.mask), strict=True):
-        with atomic_path(out_dir / name) as tmp:
-            np.save(tmp, arr)
-    timings["write"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-
-    return {
-        "case": case.name,
-        "status": "ok",
-        "inputs": {role: getattr(case, role).describe() for role in ("mr", "ct", "mask") if getattr(case, role)},
-        "input_reconstruction": {role: vol.reconstruction for vol, role in ((mr_vol, "mr"), (ct_vol, "ct"))
-                                 if vol.reconstruction},
-        "mr_geometry": geometry_of(mr),
-        "ct_geometry": geometry_of(ct),
-        "normalization": {"mr": {**spec.to_dict(), **mr_stats}, "ct": {"range": [-1024.0, 3000.0]}},
-        "transform": {"file": "ct_to_mr.tfm", "type": reg.transform.GetName(),
-                      "parameters": list(reg.transform.GetParameters())
-                      if reg.transform.GetName() != "CompositeTransform" else None},
-        "qa": {"metric_before": reg.metric_before, "metric_after": reg.metric_after, "stages": reg.stages,
-               "registration_disagreement_mm": None if check is None else {"mean": check.mean_mm,
-                                                                            "p95": check.p95_mm},
-               "body_dice_ct_vs_mr": overlap, "mask_source": "provided" if provided_mask is not None else "computed",
-               "input_flags": [f.to_dict() for f in flags]},
-        "slices": {"files": list(SLICE_FILES), "shape": list(stack.mr.shape), "window": list(stack.window),
-                   "keep": keep.tolist(), "grid": geometry_of(grid if grid is not None else mr)},
-        "timings_s": timings,
-    }
 
 
 def _die_with_parent(parent: int) -> None:
@@ -185,50 +76,6 @@ def _die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="medtrans-parent-watch").start()
 
 
-#: A CT in HU has air: at least this share of its voxels below -500 HU (the outside of the body, sinuses, lungs).
-CT_MIN_AIR_FRACTION = 0.005
-#: An MR has (almost) no strongly negative values; a "MR" with this share below -200 is a CT in HU.
-MR_MAX_NEGATIVE_FRACTION = 0.05
-
-
-def modality_flags(mr: sitk.Image, ct: sitk.Image) -> list[Flag]:
-    """Flags for images that do not look like their role (an MR and a CT swapped, a CT without its rescale)."""
-    flags = []
-    ct_arr = sitk.GetArrayViewFromImage(ct)
-    air = float(np.mean(ct_arr < -500))
-    if air < CT_MIN_AIR_FRACTION:
-        flags.append(Flag("ct_not_in_hu", "warning",
-                          f"only {100 * air:.2f} % of the CT is below -500 HU (air): it does not look like a CT in HU "
-                          "(MR and CT swapped, or values stored without their rescale?)"))
-    negative = float(np.mean(sitk.GetArrayViewFromImage(mr) < -200))
-    if negative > MR_MAX_NEGATIVE_FRACTION:
-        flags.append(Flag("mr_looks_like_ct", "warning",
-                          f"{100 * negative:.1f} % of the MR is below -200: it looks like a CT in HU (swapped?)"))
-    return flags
-
-
-def registration_flags(mean_mm: float | None, cfg: Config) -> list[Flag]:
-    """The flag of the independent registration check (docs/trust.md), from its recorded disagreement.
-
-    Whether mutual information improved over the initial pose is recorded but not flagged: on inputs that were
-    already aligned a sub-millimetre move lowers it slightly, which flagged every such case as a false alarm.
-    """
-    if mean_mm is None or mean_mm <= cfg.prepare.qa_max_mm:
-        return []
-    return [Flag("registration_uncertain", "warning",
-                 f"an independent registration disagrees by {mean_mm:.1f} mm on average over the body "
-                 f"(limit prepare.qa_max_mm = {cfg.prepare.qa_max_mm:g} mm): the CT may be misaligned")]
-
-
-def apply_qa(record: dict[str, Any], cfg: Config) -> None:
-    """Set a prepared case's flags and exclusion from its recorded QA and the current QA settings."""
-    qa = record["qa"]
-    mm = (qa.get("registration_disagreement_mm") or {}).get("mean")
-    flags = [*qa.get("input_flags", []), *(f.to_dict() for f in registration_flags(mm, cfg))]
-    qa["flags"] = flags
-    qa["excluded"] = bool(flags) and not cfg.prepare.qa_keep_flagged
-
-
 def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
     case, out, cfg_dict, threads = args
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
@@ -239,7 +86,7 @@ def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
 def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
     """Prepare one case unless an identical earlier run finished it; never raises for input problems."""
     case_dir = out / case.name
-    record_file = case_dir / "record.json"
+    record_file = case_dir / RECORD
     try:
         key, hashes = _case_key(case, cfg)
     except OSError as exc:
@@ -294,7 +141,8 @@ def _mr_canonical_spacing(case: Case) -> list[float] | None:
 
 
 def resolve_spacing(cases: list[Case], cfg: Config) -> tuple[list[float], str]:
-    """The working spacing of a cohort: the config's, else the median in-plane MR spacing (isotropic in-plane).
+    """The working spacing of a cohort: the config's, else the median in-plane MR spacing (isotropic in-plane), no finer
+    than :data:`MIN_WORKING_SPACING_MM`.
 
     Returns:
         The spacing ([x, y] or [x, y, z] in mm on the canonical axes) and where it came from.
@@ -305,6 +153,9 @@ def resolve_spacing(cases: list[Case], cfg: Config) -> tuple[list[float], str]:
     if not in_plane:
         return [], "native (no readable MR)"
     median = round(float(np.median(in_plane)), 3)
+    if median < MIN_WORKING_SPACING_MM:
+        return [MIN_WORKING_SPACING_MM] * 2, (f"median in-plane spacing of {len(in_plane) // 2} MR(s) ({median:g} mm), "
+                                              f"raised to the {MIN_WORKING_SPACING_MM:g} mm floor")
     return [median, median], f"median in-plane spacing of {len(in_plane) // 2} MR(s)"
 
 
@@ -347,7 +198,7 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
     cases = discover(input_path, mr_series=mr_series, ct_series=ct_series)
     # PREP/<case>/mr.nii.gz must never land on an input file: --out may not overlap the input
     out = claim_output_dir(out, kind="prepare", inputs=[input_path],
-                           signatures=["manifest.json", "*/record.json"], allow_nonempty=allow_nonempty)
+                           signatures=[MANIFEST, f"*/{RECORD}"], allow_nonempty=allow_nonempty)
     # the resolved spacing goes into the config itself: it is part of every case's key and of the manifest
     spacing, spacing_source = resolve_spacing(cases, cfg)
     cfg_dict = cfg.to_dict()
@@ -390,7 +241,7 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
         "excluded": [{"case": n, "flags": records[n]["qa"]["flags"]} for n in excluded],
         "failed": [{"case": n, "error": r["error"]} for n, r in records.items() if r["status"] != "ok"],
     }
-    write_json(out / "manifest.json", manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 
@@ -406,6 +257,7 @@ def summary_table(manifest: dict[str, Any]) -> str:
                 notes.append("up to date")
             elif r.get("redone_because"):
                 notes.append(f"redone: {r['redone_because']}")
+            notes += stage_notes(r)
             flags = [Flag.from_dict(f) for f in qa.get("flags", [])]
             if flags:
                 notes.append(("EXCLUDED: " if qa.get("excluded") else "kept: ") + flags_text(flags))

@@ -105,11 +105,13 @@ def load_pair(pair: dict[str, Any], *, resample: bool, with_mr: bool = True) -> 
         mask = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
     require_same_grid(sct, ct, what_a=f"sCT {pair['sct']}", what_b=f"CT {pair['ct']}")
     require_same_grid(mask, ct, what_a=f"mask {pair['mask']}", what_b=f"CT {pair['ct']}")
-    m = sitk.GetArrayFromImage(mask) > 0
+    m = sitk.GetArrayViewFromImage(mask) > 0
     if not m.any():
         raise InputError("the mask is empty", path=pair["mask"])
-    out = {"ct": sitk.GetArrayFromImage(ct).astype(np.float32), "sct": sitk.GetArrayFromImage(sct).astype(np.float32),
-           "mask": m, "spacing": ct.GetSpacing()}
+    # the volumes as stored (int16 for CT and sCT): read-only views, no float copies of a 512x512x300 case; the
+    # metrics read them slab by slab in float64. The images stay referenced as long as the views.
+    out = {"ct": sitk.GetArrayViewFromImage(ct), "sct": sitk.GetArrayViewFromImage(sct), "mask": m,
+           "spacing": ct.GetSpacing(), "images": (ct, sct)}
     if pair.get("uncertainty") is not None:
         unc = on_grid_of(futures["uncertainty"].result().image, ct)
         if resample:
@@ -126,21 +128,27 @@ def load_pair(pair: dict[str, Any], *, resample: bool, with_mr: bool = True) -> 
     return out
 
 
-#: Voxels per case kept for the error-vs-uncertainty statistics (a seeded sample: memory stays bounded).
+#: Voxels per case kept for the error-vs-uncertainty statistics (a seeded sample: memory stays bounded), and of
+#: those, for the report's scatter plot.
 UNCERTAINTY_SAMPLE = 200_000
+UNCERTAINTY_SCATTER = 20_000
 
 
 def uncertainty_vs_error(data: dict[str, Any], seed: int = 0) -> tuple[dict[str, float], np.ndarray]:
-    """Spearman correlation of the uncertainty map with |sCT - CT| inside the mask, and a sample of (spread, error)."""
+    """Spearman correlation of the uncertainty map with |sCT - CT| inside the mask, and a seeded random sample of
+    at most :data:`UNCERTAINTY_SCATTER` (spread, error) pairs from the whole body for the report's scatter plot."""
     from scipy.stats import spearmanr
 
     m = data["mask"]
-    spread, err = data["uncertainty"][m], np.abs(data["sct"][m] - data["ct"][m])
+    spread = data["uncertainty"][m]
+    err = np.abs(data["sct"][m].astype(np.float32) - data["ct"][m].astype(np.float32))
+    rng = np.random.default_rng(seed)
     if spread.size > UNCERTAINTY_SAMPLE:
-        keep = np.random.default_rng(seed).choice(spread.size, UNCERTAINTY_SAMPLE, replace=False)
+        keep = rng.choice(spread.size, UNCERTAINTY_SAMPLE, replace=False)
         spread, err = spread[keep], err[keep]
     rho = float(spearmanr(spread, err).statistic) if spread.size > 2 and spread.std() > 0 else float("nan")
-    return {"unc_mean": float(spread.mean()), "unc_spearman": rho}, np.stack([spread, err], axis=1)
+    shown = rng.choice(spread.size, min(UNCERTAINTY_SCATTER, spread.size), replace=False)
+    return {"unc_mean": float(spread.mean()), "unc_spearman": rho}, np.stack([spread[shown], err[shown]], axis=1)
 
 
 def bootstrap_ci(values: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -213,7 +221,7 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
             if "uncertainty" in data:
                 unc_stats, sample = uncertainty_vs_error(data)
                 metrics.update(unc_stats)
-                unc_samples.append(sample[: UNCERTAINTY_SAMPLE // 10])
+                unc_samples.append(sample)
         except (MedtransError, GeometryError, ValueError) as exc:
             problems.append({"case": pair["case"], "problem": str(exc)})
             continue

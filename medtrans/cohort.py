@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medtrans.errors import DicomSeriesError, InputError
 from medtrans.fsutil import sanitize_name
-from medtrans.io import VOLUME_SUFFIXES, DicomSeriesInfo, scan_dicom
+from medtrans.io import VOLUME_SUFFIXES, DicomSeriesInfo, scan_dicom, series_pattern
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,9 @@ def discover(path: str | Path, *, mr_series: str | None = None, ct_series: str |
         InputError: the path does not exist or holds no case at all.
     """
     path = Path(path)
+    for option, pattern in (("--mr-series", mr_series), ("--ct-series", ct_series)):
+        if pattern:
+            series_pattern(pattern, option=option)  # a bad pattern fails here, once, not in every case
     if not path.exists():
         raise InputError("does not exist", path=path)
     if path.is_file():

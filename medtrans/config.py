@@ -32,9 +32,10 @@ class PrepareConfig:
     """How raw cases become a paired, normalized slice dataset."""
 
     registration: str = "rigid"  #: rigid | affine | rigid+bspline | none (inputs already aligned)
-    registration_sampling: float = 0.2  #: fraction of fixed-image voxels sampled by Mattes MI
-    registration_iterations: int = 200  #: optimizer iterations per resolution level
-    registration_shrink: list[int] = field(default_factory=lambda: [4, 2, 1])  #: multi-resolution pyramid
+    registration_levels_mm: list[float] = field(default_factory=lambda: [4.0, 2.0])  #: working-grid spacing of each pyramid level (mm, coarse to fine; never finer than the image)
+    registration_samples: int = 50000  #: Mattes MI samples inside the MR body per level (a count: the cost does not grow with the scan)
+    registration_iterations: int = 200  #: optimizer iterations per level (a stage stopped by this limit is recorded)
+    registration_search: bool = True  #: search the start over 24 axis-aligned orientations and centre-of-mass shifts
     registration_seed: int = 42  #: sampling seed, so that preparation is deterministic
     registration_threads: int = 1  #: SimpleITK threads in registration; 1 is bit-reproducible, 0 uses all cores
     bspline_mesh: int = 4  #: control-point mesh size per axis of the optional B-spline stage
@@ -160,9 +161,22 @@ def load_config(path: str | Path | None, *, overrides: list[str] | None = None,
         if "." not in key:
             raise ConfigError(f"override '{item}' must name a section, e.g. train.batch_size=8")
         section, name = key.split(".", 1)
-        _apply(cfg, {section: {name: yaml.safe_load(raw)}}, origin=f"--set {item}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:  # an unclosed bracket, an unknown !!tag (never executed: the loader is safe)
+            reason = str(getattr(exc, "problem", None) or exc).splitlines()[0]
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({reason})") from None
+        _apply(cfg, {section: {name: value}}, origin=f"--set {item}")
     validate(cfg)
     return cfg
+
+
+#: Keys of earlier versions: a saved config (a run's, a manifest's) may still hold them; a user's file or --set may not.
+RETIRED_KEYS: dict[tuple[str, str], str] = {
+    ("prepare", "registration_sampling"): "registration samples a fixed count now (prepare.registration_samples), "
+                                          "so that its cost does not grow with the scan",
+    ("prepare", "registration_shrink"): "the pyramid is in millimetres now (prepare.registration_levels_mm)",
+}
 
 
 def _apply(cfg: Config, data: dict[str, Any], *, origin: str) -> None:
@@ -174,6 +188,10 @@ def _apply(cfg: Config, data: dict[str, Any], *, origin: str) -> None:
             raise ConfigError(f"{origin}: section '{section}' must be a mapping")
         known = {f.name: f for f in dataclasses.fields(target)}
         for key, value in values.items():
+            if (section, key) in RETIRED_KEYS:
+                if origin == "saved config":  # written by an earlier version: its replacement has its default
+                    continue
+                raise ConfigError(f"{origin}: '{section}.{key}' is no longer used: {RETIRED_KEYS[section, key]}")
             if key not in known:
                 raise ConfigError(f"{origin}: unknown key '{section}.{key}' (known: {', '.join(known)})")
             current = getattr(target, key)
@@ -202,7 +220,7 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
 
 #: (section, key) -> (lowest allowed, highest allowed, what it is); None = unbounded on that side.
 RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
-    ("prepare", "registration_sampling"): (1e-4, 1.0),
+    ("prepare", "registration_samples"): (1000, 10_000_000),
     ("prepare", "registration_iterations"): (1, None),
     ("prepare", "registration_threads"): (0, None),
     ("prepare", "bspline_mesh"): (1, None),
@@ -243,7 +261,7 @@ def validate(cfg: Config) -> None:
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise ConfigError(f"{section}.{key} is {v}; it must be {bounds}")
-    lists = {("model", "channels"): 1, ("model", "strides"): 1, ("prepare", "registration_shrink"): 1,
+    lists = {("model", "channels"): 1, ("model", "strides"): 1, ("prepare", "registration_levels_mm"): 0.1,
              ("prepare", "slice_size"): 8, ("train", "betas"): 0}
     for (section, key), lo in lists.items():
         values = getattr(getattr(cfg, section), key)
@@ -255,6 +273,8 @@ def validate(cfg: Config) -> None:
                                                          or not v > 0 for v in cfg.prepare.spacing):
         raise ConfigError(f"prepare.spacing is {cfg.prepare.spacing}; it must be [] (the cohort's median), "
                           "[x, y] or [x, y, z] in mm, every entry positive")
+    if not cfg.prepare.registration_levels_mm:
+        raise ConfigError("prepare.registration_levels_mm needs at least one level (mm), e.g. [4, 2]")
     if len(cfg.prepare.slice_size) != 2:
         raise ConfigError("prepare.slice_size must be [rows, cols]")
     if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):

@@ -173,8 +173,11 @@ def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt:
         flags = pending.result()
         require_passing(flags)
     with clock("encode"):
-        hu = sitk.GetArrayFromImage(sct)
-        sct_int = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 32767).astype(np.int16))
+        hu = sitk.GetArrayFromImage(sct)  # one copy, rounded and bounded in place (np.clip is several times slower)
+        np.rint(hu, out=hu)
+        np.maximum(hu, np.float32(-1024), out=hu)
+        np.minimum(hu, np.float32(32767), out=hu)
+        sct_int = sitk.GetImageFromArray(hu.astype(np.int16))
         sct_int.CopyInformation(vol.image)
         linked = False
         if fmt == "dicom":

@@ -20,17 +20,12 @@ from pydicom.valuerep import DSfloat
 
 import medtrans
 from medtrans.fsutil import atomic_dir
+from medtrans.io.dicom_scan import LINK_ATTRIBUTES
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 CT_RESCALE_INTERCEPT = -1024.0
 
-#: Attributes a derived series copies from its source so that it joins the same patient, study and frame of
-#: reference (carried in memory, never logged). PatientPosition (HFS, FFS, ...) describes the same acquisition.
-LINK_ATTRIBUTES = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
-    "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "FrameOfReferenceUID", "PatientPosition",
-)
 
 
 def new_link(*, patient_id: str = "ANON", patient_name: str = "ANONYMOUS^") -> dict[str, Any]:

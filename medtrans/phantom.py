@@ -192,7 +192,8 @@ def make_case(
                               "parameters": list(t.GetParameters())}
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "dicom":
-        link = new_link(patient_id=f"PHANTOM-{case_name}", patient_name=f"PHANTOM^{case_name}")
+        link = {**new_link(patient_id=f"PHANTOM-{case_name}", patient_name=f"PHANTOM^{case_name}"),
+                "PatientPosition": "HFS"}  # head first, supine: the phantom's anatomy is in patient coordinates
         write_dicom_series(mr, out / "mr", modality="MR", link=link, series_description="phantom T1",
                            series_number=1)
         write_dicom_series(ct, out / "ct", modality="CT", link=link, series_description="phantom CT",

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from medtrans.geometry import canonical_spacing, orientation_code, to_canonical
-from medtrans.intensity import MRNormalization, mr_foreground, normalize_mr
+from medtrans.geometry import canonical_spacing, orientation_code
+from medtrans.intensity import MRNormalization, mr_foreground, normalize_mr, statistics_sample
 
 SEVERITIES = ("info", "warning", "error")
 #: Normalized MR intensities are binned over this range for the intensity profile (percentile normalization
@@ -60,30 +60,28 @@ def mr_profile(mr: sitk.Image, spec: MRNormalization, *, normalized: sitk.Image 
     extent (mm along the canonical axes), orientation and the foreground's share of the field of view.
 
     ``normalized`` is ``normalize_mr(mr, spec)[0]`` and ``foreground`` is ``mr_foreground`` of the non-negative
-    raw MR (array order) when the caller already has them.
+    raw MR (array order) when the caller already has them. The histogram and the variation come from
+    :func:`medtrans.intensity.statistics_sample` (bounded cost); nothing is reoriented (no copy of the volume).
     """
     norm = normalized if normalized is not None else normalize_mr(mr, spec)[0]
-    arr = sitk.GetArrayFromImage(to_canonical(norm))
-    raw = np.maximum(sitk.GetArrayFromImage(to_canonical(mr)).astype(np.float32), 0)
-    if foreground is not None:
-        fg_image = sitk.GetImageFromArray(foreground.astype(np.uint8))
-        fg_image.CopyInformation(mr)
-        fg = sitk.GetArrayViewFromImage(to_canonical(fg_image)) > 0
-    else:
-        fg = mr_foreground(raw)
-    hist, _ = np.histogram(np.clip(arr[fg], *HIST_RANGE), bins=HIST_BINS, range=HIST_RANGE)
+    raw = sitk.GetArrayViewFromImage(mr)
+    fg = foreground if foreground is not None else mr_foreground(np.maximum(raw, 0).astype(np.float32, copy=False))
+    in_fg = statistics_sample(fg)
+    values_norm = statistics_sample(sitk.GetArrayViewFromImage(norm))[in_fg]
+    hist, _ = np.histogram(np.clip(values_norm, *HIST_RANGE), bins=HIST_BINS, range=HIST_RANGE)
     spacing = canonical_spacing(mr)
-    any_fg = bool(fg.any())
+    any_fg = bool(in_fg.any())
+    extent = [0.0, 0.0, 0.0]  # per canonical axis x, y, z; projections of the mask, far cheaper than np.nonzero
     if any_fg:
-        extent = []  # per canonical axis x, y, z; projections of the mask, far cheaper than np.nonzero
-        for axis, sp in zip((2, 1, 0), spacing, strict=True):
-            idx = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != axis)))
-            extent.append(float((int(idx[-1]) - int(idx[0]) + 1) * sp))
-    else:
-        extent = [0.0, 0.0, 0.0]
-    values = raw[fg] if any_fg else raw.ravel()
+        d = np.abs(np.array(mr.GetDirection())).reshape(3, 3)
+        for image_axis, sp in enumerate(mr.GetSpacing()):
+            array_axis = 2 - image_axis
+            idx = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != array_axis)))
+            extent[int(np.argmax(d[:, image_axis]))] = float((int(idx[-1]) - int(idx[0]) + 1) * sp)
+    raw_sample = np.maximum(statistics_sample(raw), 0).astype(np.float32)
+    values = raw_sample[in_fg] if any_fg else raw_sample
     return {"histogram": (hist / max(1, hist.sum())).tolist(), "spacing": spacing, "extent_mm": extent,
-            "orientation": orientation_code(mr), "foreground_fraction": float(fg.mean()),
+            "orientation": orientation_code(mr), "foreground_fraction": float(in_fg.mean()),
             "variation": float(values.std() / (abs(values.mean()) + 1e-6))}
 
 

@@ -124,7 +124,7 @@ def test_errors_name_file_and_problem(tmp_path):
         read_volume(tmp_path / "empty")
     txt = tmp_path / "text.nii.gz"
     txt.write_text("not an image")
-    with pytest.raises(InputError, match=r"text\.nii\.gz.*cannot be read"):
+    with pytest.raises(InputError, match=r"text\.nii\.gz.*damaged NIfTI file"):
         read_volume(txt)
     img = oblique_volume()
     write_volume(img, tmp_path / "good.nii.gz")
