@@ -43,7 +43,8 @@ from medtrans.evaluation.metrics import compute_metrics
 from medtrans.fsutil import write_json
 from medtrans.inference import pick_device
 from medtrans.intensity import MRNormalization
-from medtrans.training.trainer import train, train_ensemble
+from medtrans.training.ensemble import train_ensemble
+from medtrans.training.trainer import train
 
 METRICS = ("mae", "psnr", "ssim", "mae_bone")
 

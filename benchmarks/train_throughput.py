@@ -22,7 +22,8 @@ from torch import nn
 from medtrans.config import load_config
 from medtrans.inference import pick_device
 from medtrans.models import Discriminator, Generator
-from medtrans.training.trainer import TrainStep, bf16_peak_tflops, count_step_flops, masked_l1, optimizers
+from medtrans.training.profiling import bf16_peak_tflops, count_step_flops
+from medtrans.training.step import TrainStep, masked_l1, optimizers
 
 
 def down(i, o, norm=True):

@@ -31,10 +31,11 @@ from medtrans.config import Config, load_config
 from medtrans.data_prep.case import prepare_case
 from medtrans.data_prep.checks import apply_qa, stage_notes
 from medtrans.errors import MedtransError
-from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
+from medtrans.fsutil import claim_output_dir, sweep_stale_temps, write_json
 from medtrans.geometry import canonical_spacing
 from medtrans.io import read_volume
-from medtrans.prepared import MANIFEST, RECORD, SLICE_FILES
+from medtrans.prepared import MANIFEST, RECORD, PreparedCase
+from medtrans.provenance import Provenance
 from medtrans.qa import Flag, flags_text
 
 #: Prepare keys that decide only the manifest (the split, which flagged cases stay in it), not a case's outputs:
@@ -45,12 +46,12 @@ MANIFEST_ONLY_KEYS = ("split", "split_seed", "qa_max_mm", "qa_keep_flagged")
 MIN_WORKING_SPACING_MM = 1.0
 
 
-def _case_key(case: Case, cfg: Config) -> tuple[str, dict[str, str]]:
-    hashes = {role: sha256_of(src.path)
-              for role in ("mr", "ct", "mask") if (src := getattr(case, role)) is not None}
-    prepare = {k: v for k, v in cfg.to_dict()["prepare"].items() if k not in MANIFEST_ONLY_KEYS}
-    blob = json.dumps({"inputs": hashes, "prepare": prepare, "version": medtrans.__version__}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest(), hashes
+def case_provenance(case: Case, cfg: Config) -> Provenance:
+    """What a prepared case depends on: its input files, the prepare config (less :data:`MANIFEST_ONLY_KEYS`) and
+    the medtrans version."""
+    files = {role: src.path for role in ("mr", "ct", "mask") if (src := getattr(case, role)) is not None}
+    settings = {k: v for k, v in cfg.to_dict()["prepare"].items() if k not in MANIFEST_ONLY_KEYS}
+    return Provenance.of_files(files, settings)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -85,38 +86,34 @@ def _worker(args: tuple[Case, str, dict[str, Any], int]) -> dict[str, Any]:
 
 def run_case(case: Case, out: Path, cfg: Config) -> dict[str, Any]:
     """Prepare one case unless an identical earlier run finished it; never raises for input problems."""
-    case_dir = out / case.name
-    record_file = case_dir / RECORD
+    folder = PreparedCase(out / case.name)
     try:
-        key, hashes = _case_key(case, cfg)
+        prov = case_provenance(case, cfg)
     except OSError as exc:
         return {"case": case.name, "status": "failed", "error": f"cannot read inputs: {exc}"}
     redo = None
-    if record_file.exists():
+    if folder.record_path.exists():
         try:
-            old = json.loads(record_file.read_text())
-        except (json.JSONDecodeError, OSError):
-            old, redo = {}, "its record.json was unreadable"
-        if old.get("key") == key and all((case_dir / f).exists() for f in SLICE_FILES):
+            old = json.loads(folder.record_path.read_text())
+            redo = prov.stale_reason(old.get("provenance"))
+        except (json.JSONDecodeError, OSError, AttributeError):
+            redo = "its record.json was unreadable"
+        if redo is None and folder.is_complete():
             return {**old, "skipped": True}
-        if redo is None:
-            redo = ("its inputs changed" if old.get("input_sha256") != hashes
-                    else "its outputs were incomplete" if old.get("key") == key
-                    else "the prepare config or medtrans version changed")
-        record_file.unlink()  # the case is incomplete from here until the new record is written
+        redo = redo or "its outputs were incomplete"
+        folder.record_path.unlink()  # the case is incomplete from here until the new record is written
     try:
-        sweep_stale_temps(case_dir)  # left by a run killed mid-write
-        rec = prepare_case(case, case_dir, cfg)
+        sweep_stale_temps(folder.folder)  # left by a run killed mid-write
+        rec = prepare_case(case, folder.folder, cfg)
     except MedtransError as exc:
         return {"case": case.name, "status": "failed", "error": str(exc)}
     except Exception as exc:
         return {"case": case.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(limit=5)}
-    rec["key"] = key
-    rec["input_sha256"] = hashes
+    rec["provenance"] = prov.to_dict()
     if redo:
         rec["redone_because"] = redo
-    write_json(record_file, rec)  # written last: its presence marks the case complete
+    write_json(folder.record_path, rec)  # written last: its presence marks the case complete
     return rec
 
 
@@ -204,6 +201,16 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
     cfg_dict = cfg.to_dict()
     cfg_dict["prepare"]["spacing"] = spacing
     cfg = load_config(None, base=cfg_dict)
+    records = _run_cases(cases, out, cfg, workers=workers, progress=progress)
+    manifest = build_manifest(cases, records, cfg, input_path=input_path,
+                              spacing={"mm": spacing or None, "source": spacing_source})
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _run_cases(cases: list[Case], out: Path, cfg: Config, *, workers: int,
+               progress: bool) -> dict[str, dict[str, Any]]:
+    """Every case's record, prepared in this process or in ``workers`` processes (the same results either way)."""
     workers = max(1, min(workers if workers > 0 else (os.cpu_count() or 1), len(cases)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     records: dict[str, dict[str, Any]] = {}
@@ -216,12 +223,18 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
         # spawn, not fork: the caller may hold threads (torch, SimpleITK) that a forked child would inherit locked
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_worker, (c, str(out), cfg_dict, threads)): c for c in cases}
+            futures = {pool.submit(_worker, (c, str(out), cfg.to_dict(), threads)): c for c in cases}
             for fut in as_completed(futures):
                 rec = fut.result()
                 records[rec["case"]] = rec
                 bar.update()
     bar.close()
+    return records
+
+
+def build_manifest(cases: list[Case], records: dict[str, dict[str, Any]], cfg: Config, *, input_path: str | Path,
+                   spacing: dict[str, Any]) -> dict[str, Any]:
+    """The manifest: QA flags and exclusions from the recorded QA and the current settings, the patient split."""
     for r in records.values():
         if r["status"] == "ok":
             apply_qa(r, cfg)
@@ -230,19 +243,17 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
     split = patient_split(ok, cfg.prepare.split, cfg.prepare.split_seed)
     for name, r in records.items():
         r["split"] = split.get(name)
-    manifest = {
+    return {
         "software": {"medtrans": medtrans.__version__, "simpleitk": sitk.Version_VersionString(),
                      "numpy": np.__version__},
         "input": str(Path(input_path).resolve()),
-        "config": cfg_dict,
-        "working_spacing": {"mm": spacing or None, "source": spacing_source},
+        "config": cfg.to_dict(),
+        "working_spacing": spacing,
         "split": {s: [n for n in ok if split[n] == s] for s in ("train", "val", "test")},
         "cases": [records[c.name] for c in cases],
         "excluded": [{"case": n, "flags": records[n]["qa"]["flags"]} for n in excluded],
         "failed": [{"case": n, "error": r["error"]} for n, r in records.items() if r["status"] != "ok"],
     }
-    write_json(out / MANIFEST, manifest)
-    return manifest
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from medtrans.data_prep.masks import ct_body, mr_body
 from medtrans.data_prep.start_search import Body
 from medtrans.errors import GeometryError, InputError
 from medtrans.geometry import downsample_onto, level_grid, same_grid
+from medtrans.intensity import AIR_HU
 
 #: The start search works on its own coarse level (mm; never finer than the pyramid's coarsest), where every start
 #: costs little and the capture range is wide.
@@ -90,12 +91,12 @@ def build_pyramid(mr: sitk.Image, ct: sitk.Image, cfg: PrepareConfig) -> Pyramid
     levels_mm = sorted(cfg.registration_levels_mm, reverse=True)
     fine = levels_mm[-1]
     fixed = downsample_onto(mr, level_grid(mr, fine))
-    moving = downsample_onto(ct, level_grid(ct, fine), default=-1024.0)
+    moving = downsample_onto(ct, level_grid(ct, fine), default=AIR_HU)
     fixed = sitk.Maximum(fixed, 0.0)  # magnitude MR is non-negative; negatives are reconstruction artefacts
     f_body, m_body = mr_body(fixed), ct_body(moving)
     if not sitk.GetArrayViewFromImage(f_body).any() or not sitk.GetArrayViewFromImage(m_body).any():
         raise GeometryError("MR or CT has no body voxels to register (blank image?)")
-    moving = _masked(moving, _dilate(m_body, 2.0), -1024.0)  # the couch and positioning aids go
+    moving = _masked(moving, _dilate(m_body, 2.0), AIR_HU)  # the couch and positioning aids go
     fixed_mask = _dilate(f_body, FIXED_MASK_MARGIN_MM)
     threads = cfg.registration_threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     levels = [_level(mm, fixed, moving, fixed_mask, threads) for mm in [max(SEARCH_MM, levels_mm[0]), *levels_mm]]
@@ -107,7 +108,7 @@ def build_pyramid(mr: sitk.Image, ct: sitk.Image, cfg: PrepareConfig) -> Pyramid
 def _level(mm: float, fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.Image, threads: int) -> Level:
     """A level made from the finest working images (the scan itself is resampled only once)."""
     f = downsample_onto(fixed, level_grid(fixed, mm))
-    m = downsample_onto(moving, level_grid(moving, mm), default=-1024.0)
+    m = downsample_onto(moving, level_grid(moving, mm), default=AIR_HU)
     mask = sitk.Resample(fixed_mask, f, sitk.Transform(), sitk.sitkNearestNeighbor) if not same_grid(f, fixed) \
         else fixed_mask
     return Level(mm, f, m, mask, int(sitk.GetArrayViewFromImage(mask).sum()), threads)

@@ -38,6 +38,7 @@ from medtrans.data_prep.start_search import (
     orientation_name,
 )
 from medtrans.errors import GeometryError
+from medtrans.intensity import AIR_HU
 
 #: Mattes MI histogram bins.
 HISTOGRAM_BINS = 48
@@ -255,5 +256,5 @@ def _bspline(pyramid: Pyramid, rigid: sitk.VersorRigid3DTransform, cfg: PrepareC
 
 
 def resample_ct(ct: sitk.Image, mr: sitk.Image, transform: sitk.Transform) -> sitk.Image:
-    """The CT on the MR grid (linear; -1024 HU outside the CT's field of view)."""
-    return sitk.Resample(ct, mr, transform, sitk.sitkLinear, -1024.0, ct.GetPixelID())
+    """The CT on the MR grid (linear; air outside the CT's field of view)."""
+    return sitk.Resample(ct, mr, transform, sitk.sitkLinear, AIR_HU, ct.GetPixelID())

@@ -13,6 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtrans.geometry import to_canonical
+from medtrans.intensity import CT_BACKGROUND
 
 
 @dataclass
@@ -56,7 +57,7 @@ def extract_slices(mr_norm: sitk.Image, ct_norm: sitk.Image, mask: sitk.Image, *
     m = sitk.GetArrayFromImage(to_canonical(mask)).astype(np.uint8)
     window = fixed_window(m, size)
     mr_c = crop_or_pad(mr, window, size, mr_background)
-    ct_c = crop_or_pad(ct, window, size, -1.0)
+    ct_c = crop_or_pad(ct, window, size, CT_BACKGROUND)
     m_c = crop_or_pad(m, window, size, 0)
     frac = m_c.reshape(m_c.shape[0], -1).mean(axis=1).astype(np.float32)
     return SliceStack(mr_c.astype(np.float16), ct_c.astype(np.float16), m_c, frac, (int(window[0]), int(window[1])))

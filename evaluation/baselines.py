@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtrans.intensity import MRNormalization, normalize_mr
+from medtrans.prepared import PreparedCase
 
 
 @dataclass
@@ -42,10 +43,8 @@ def constant_hu(ct_hu: list[np.ndarray], masks: list[np.ndarray]) -> float:
 
 def prepared_arrays(prep: str | Path, case: str, spec: MRNormalization) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(normalized MR, CT in HU, mask) of one prepared case, as the network's training pairs see them."""
-    folder = Path(prep) / case
-    mr_n = sitk.GetArrayFromImage(normalize_mr(sitk.ReadImage(str(folder / "mr.nii.gz")), spec)[0])
-    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "ct_registered.nii.gz"))).astype(np.float32)
-    return mr_n, ct, sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask.nii.gz")))
+    ct, mask, mr = PreparedCase(Path(prep) / case).arrays()
+    return sitk.GetArrayFromImage(normalize_mr(mr, spec)[0]), ct, mask.astype(np.uint8)
 
 
 def fit_baselines(prep: str | Path, cases: Iterable[str], spec: MRNormalization) -> tuple[IntensityLookup, float]:

@@ -24,21 +24,33 @@ COMPARED = ("mae", "psnr", "ssim", "ms_ssim", "mae_bone")
 
 
 def parse_preds(items: list[str]) -> dict[str, Path]:
-    """``["NAME=DIR", "DIR", ...]`` -> {name: folder}; a bare folder is named after itself.
+    """``["NAME=DIR", "DIR", ...]`` -> {name: folder}; a bare folder (or an existing folder whose own name holds a
+    ``=``, such as ``run=1``) is named after itself.
 
     Example:
         >>> parse_preds(["model=runs/sct", "lookup=base"])
         {'model': PosixPath('runs/sct'), 'lookup': PosixPath('base')}
+
+    Raises:
+        MedtransError: an empty name or folder, a name used twice, or two names that would share a report folder
+            (they differ only in characters a folder name cannot hold).
     """
     preds: dict[str, Path] = {}
     for item in items:
         name, sep, folder = item.partition("=")
-        name, folder = (name, folder) if sep else (Path(item).name, item)
+        if not sep or Path(item).is_dir():
+            name, folder = Path(item).name, item
         if not name or not folder:
             raise MedtransError(f"--pred {item!r}: give a folder, or NAME=FOLDER")
         if name in preds:
             raise MedtransError(f"--pred: the method name {name!r} is used twice")
         preds[name] = Path(folder)
+    folders: dict[str, str] = {}
+    for name in preds:
+        other = folders.setdefault(sanitize_name(name), name)
+        if other != name:
+            raise MedtransError(f"--pred: the method names {other!r} and {name!r} would share the report folder "
+                                f"{sanitize_name(name)!r}; give them names that differ in letters or digits")
     return preds
 
 
@@ -61,6 +73,9 @@ def compare(preds: dict[str, Path], ref: str | Path, out: str | Path, *, protoco
     """Evaluate every method into ``out/<name>/`` and compare them on their common cases (see the module)."""
     if len(preds) < 2:
         raise MedtransError("a comparison needs at least two --pred NAME=DIR")
+    missing = [f"{name}={folder}" for name, folder in preds.items() if not folder.is_dir()]
+    if missing:  # before anything is evaluated or written
+        raise MedtransError(f"--pred: no such folder: {', '.join(missing)}")
     ref, out = Path(ref), Path(out)
     out = claim_output_dir(out, kind="evaluate", inputs=[*preds.values(), ref], signatures=["comparison.json"],
                            allow_nonempty=allow_nonempty)

@@ -9,7 +9,6 @@ format (:mod:`medtrans.formats`).
 from __future__ import annotations
 
 import csv
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,26 +19,24 @@ from tqdm import tqdm
 
 from medtrans.cohort import find_role_file
 from medtrans.errors import GeometryError, InputError, MedtransError
-from medtrans.evaluation.metrics import PROTOCOLS, compute_metrics
 from medtrans.formats import SCT_OUTPUTS, find_sct, find_uncertainty, sct_record
 from medtrans.fsutil import atomic_path, claim_output_dir, sanitize_name, write_json
 from medtrans.geometry import on_grid_of, require_same_grid, same_grid
+from medtrans.intensity import AIR_HU
 from medtrans.io import read_volume
+from medtrans.metrics import PROTOCOLS, compute_metrics
+from medtrans.prepared import CT_FILE, PreparedDataset
 
-CT_NAMES = ("ct", "ct_registered")
+#: The reference CT of a case: a cohort's ``ct.*``, or a prepared dataset's registered CT.
+CT_NAMES = ("ct", CT_FILE.split(".")[0])
 SPLITS = ("test", "val", "train", "all")
 
 
 def reference_splits(ref: Path) -> dict[str, str] | None:
     """case -> split from a prepared dataset's ``manifest.json``; None for a plain cohort."""
-    manifest = ref / "manifest.json"
-    if not manifest.is_file():
+    if not PreparedDataset.is_prepared(ref):
         return None
-    try:
-        split = json.loads(manifest.read_text())["split"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"manifest.json cannot be read: {exc}", path=ref) from None
-    return {case: name for name, cases in split.items() for case in cases}
+    return PreparedDataset.open(ref).case_splits()
 
 
 def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[str, Any]]:
@@ -101,7 +98,7 @@ def load_pair(pair: dict[str, Any], *, resample: bool, with_mr: bool = True) -> 
         raise InputError(f"sCT unusable: {exc}") from None
     mask = futures["mask"].result().image
     if resample:
-        sct = sitk.Resample(sct, ct, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+        sct = sitk.Resample(sct, ct, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
         mask = sitk.Resample(mask, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, mask.GetPixelID())
     require_same_grid(sct, ct, what_a=f"sCT {pair['sct']}", what_b=f"CT {pair['ct']}")
     require_same_grid(mask, ct, what_a=f"mask {pair['mask']}", what_b=f"CT {pair['ct']}")

@@ -1,7 +1,7 @@
 """Straightforward NumPy/scikit-image implementations of the SynthRAD metric definitions.
 
 These are the definitions written plainly (as in the challenges' public evaluation code), kept as the
-yardstick that :mod:`medtrans.evaluation.metrics` (the fast path) is tested and benchmarked against.
+yardstick that :mod:`medtrans.metrics` (the fast path) is tested and benchmarked against.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from medtrans.config import ModelConfig
 from medtrans.errors import DatasetError
 from medtrans.fsutil import load_torch, save_torch, sha256_of, write_json
 from medtrans.geometry import CANONICAL_ORIENTATION
-from medtrans.intensity import MRNormalization
+from medtrans.intensity import CT_RANGE, MRNormalization
 from medtrans.models import Generator
+from medtrans.runs import RunFolder
 
 BUNDLE_FORMAT = "medtrans-bundle/1"
 
@@ -56,11 +57,12 @@ def save_bundle(folder: str | Path, *, model: ModelConfig, mr_normalization: MRN
     save_torch(folder / "model.pt", {k: v.detach().cpu() for k, v in state_dict.items()})
     write_json(folder / "bundle.json", {
         "format": BUNDLE_FORMAT,
+        "model_sha256": sha256_of(folder / "model.pt"),  # ties the weights to this record (a swapped file is refused)
         "medtrans_version": medtrans.__version__,
         "model": dataclasses.asdict(model),
         "mr_normalization": mr_normalization.to_dict(),
         "input": {"context_slices": model.context_slices, "orientation": CANONICAL_ORIENTATION,
-                  "ct_range_hu": [-1024.0, 3000.0], "spacing": spacing or None},
+                  "ct_range_hu": list(CT_RANGE), "spacing": spacing or None},
         **info,
     })
     return folder
@@ -89,37 +91,16 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], *, sou
 def resolve_bundle_dir(path: str | Path) -> Path:
     """A bundle folder, or a training run folder holding ``bundle/``."""
     p = Path(path)
-    for candidate in (p, p / "bundle"):
+    for candidate in (p, RunFolder(p).bundle_dir):
         if (candidate / "bundle.json").is_file():
             return candidate
     raise DatasetError("is neither a model bundle (bundle.json + model.pt) nor a training run with bundle/",
                        path=p)
 
 
-#: Written by ``medtrans train --ensemble K`` / ``--planes``: the members of an ensemble run folder.
-ENSEMBLE_FILE = "ensemble.json"
-
-
 def model_members(path: str | Path) -> list[Path]:
-    """The model folders a ``--model`` path stands for: every member of an ensemble run (``ensemble.json``),
-    else the path itself.
-
-    Raises:
-        DatasetError: an ensemble run whose record is unreadable or whose members have not all finished.
-    """
-    p = Path(path)
-    record = p / ENSEMBLE_FILE
-    if not record.is_file():
-        return [p]
-    try:
-        names = [m["name"] for m in json.loads(record.read_text())["members"]]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{ENSEMBLE_FILE} cannot be read: {exc}", path=p) from None
-    unfinished = [n for n in names if not (p / n / "bundle" / "bundle.json").is_file()]
-    if unfinished:
-        raise DatasetError(f"ensemble members not trained yet: {', '.join(unfinished)} (finish them with "
-                           "medtrans train --resume)", path=p)
-    return [p / n for n in names]
+    """The model folders a ``--model`` path stands for: every member of an ensemble run, else the path itself."""
+    return RunFolder(path).model_folders()
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -135,6 +116,9 @@ def load_bundle(path: str | Path) -> Bundle:
     weights = folder / "model.pt"
     if not weights.is_file():
         raise DatasetError("model.pt is missing", path=folder)
+    if meta.get("model_sha256") and meta["model_sha256"] != sha256_of(weights):
+        raise DatasetError("model.pt does not belong to this bundle.json: its SHA-256 differs from the one recorded "
+                           "when the model was saved (weights copied from another model or run?)", path=weights)
     state = load_torch(weights, what="the model's weights")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DatasetError("the model's weights are not a state dict of tensors", path=weights)

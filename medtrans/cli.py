@@ -44,7 +44,7 @@ class Split(str, Enum):
     all = "all"
 
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="A shipped config's name (default, demo, pix2pix, 2d) or a path to a YAML file.")]  # noqa: UP045
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="A shipped config's name (default, demo, pix2pix, 2d, 3d, multiplanar, gpu; the list: docs/config.md) or a path to a YAML file.")]  # noqa: UP045
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: section.key=value.")]  # noqa: UP045
 MrSeriesOpt = Annotated[Optional[str], typer.Option("--mr-series", help="Which MR DICOM series per case: a regular expression on SeriesDescription/ProtocolName, or a SeriesInstanceUID (default: the only one that is not a localizer or derived).")]  # noqa: UP045
 CtSeriesOpt = Annotated[Optional[str], typer.Option("--ct-series", help="Which CT DICOM series per case (as --mr-series).")]  # noqa: UP045
@@ -124,18 +124,21 @@ def train(
 ) -> None:
     """Train the MONAI U-Net generator (L1; --config pix2pix adds the PatchGAN; --config 3d a 3D patch model).
     Several GPUs: torchrun. --ensemble/--planes train several members; a time budget is shared among them."""
-    from medtrans.bundle import ENSEMBLE_FILE
-    from medtrans.config import load_config
-    from medtrans.training.trainer import checkpoint_file, choose_profile, saved_config, train_ensemble
+    from medtrans.config import choose_profile, load_config
+    from medtrans.modes import check_mode
+    from medtrans.runs import RunFolder
+    from medtrans.training.checkpoint import saved_config
+    from medtrans.training.ensemble import train_ensemble
     from medtrans.training.trainer import train as run
 
     # on resume, --config/--set apply on top of the run's saved config; the trainer refuses real changes
-    base = saved_config(out) if resume and checkpoint_file(out).is_file() else None
+    base = saved_config(out) if resume and RunFolder(out).checkpoint.is_file() else None
     config, profile = choose_profile(config, resume=resume, device=device)
     if profile:
         typer.echo(profile)
     cfg = load_config(config, overrides=set_, base=base)
-    if ensemble > 1 or planes or (out / ENSEMBLE_FILE).is_file():
+    check_mode(cfg)  # a model the modes cannot train fails here, before any work
+    if ensemble > 1 or planes or RunFolder(out).is_ensemble():
         plane_list = [p.strip() for p in planes.split(",") if p.strip()] if planes else None
         summary = train_ensemble(data, out, cfg, ensemble=ensemble, planes=plane_list, stop_step=max_steps,
                                  max_minutes=max_minutes, resume=resume, device=device, seed=seed, profile=profile)
@@ -220,8 +223,11 @@ def evaluate(
                            f"{mae['ci95'][1]:+.1f}, Wilcoxon p {mae['p_wilcoxon']:.3g})")
         typer.echo(f"report: {out / 'report.html'}")
         problems = sum(len(v) for v in comparison["problems"].values())
+        for name, cases in comparison["problems"].items():
+            for p in cases:
+                typer.echo(f"  not evaluated ({name}): {p['case']}: {p['problem']}", err=True)
         if problems:
-            typer.echo(f"{problems} case evaluation(s) failed; see each method's folder", err=True)
+            typer.echo(f"{problems} case evaluation(s) failed; see above", err=True)
             raise typer.Exit(1)
         return
     summary = run(next(iter(preds.values())), ref, out, protocol=protocol.value, split=split.value if split else None, resample=resample,

@@ -69,6 +69,11 @@ class ModelConfig:
     patch_depth: int = 32  #: 3D: slices per training patch and inference window (in-plane: train.crop_size)
     sw_overlap: float = 0.5  #: 3D: overlap of sliding inference windows (Gaussian-weighted blending)
 
+    @property
+    def total_stride(self) -> int:
+        """The factor every input side must be divisible by (the product of the UNet's strides)."""
+        return math.prod(self.strides)
+
 
 @dataclass
 class TrainConfig:
@@ -105,6 +110,37 @@ class Config:
 
     def dump(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+#: The shipped config ``medtrans train`` uses on a CUDA device when no ``--config`` is given.
+GPU_PROFILE = "gpu"
+
+
+def choose_profile(config: str | Path | None, *, resume: bool, device: str,
+                   cuda_available: bool | None = None) -> tuple[str | Path | None, str | None]:
+    """The config ``medtrans train`` runs with, and a note saying so when it chose the GPU profile itself.
+
+    On a CUDA device (``--device cuda``, or ``auto`` with CUDA present) and without ``--config``, the GPU profile
+    (``configs/gpu.yaml``) is used; an explicit ``--config`` (``default`` included) is always respected, and a
+    resume keeps the run's saved config.
+
+    Example:
+        >>> choose_profile(None, resume=False, device="cuda", cuda_available=True)[0]
+        'gpu'
+        >>> choose_profile("default", resume=False, device="cuda", cuda_available=True)
+        ('default', None)
+    """
+    if config is not None or resume:
+        return config, None
+    if cuda_available is None and device == "auto":
+        import torch  # only here: choosing a profile on "auto" needs to know whether CUDA is present
+
+        cuda_available = torch.cuda.is_available()
+    cuda = device.startswith("cuda") or (device == "auto" and bool(cuda_available))
+    if not cuda:
+        return config, None
+    return GPU_PROFILE, (f"GPU profile: configs/{GPU_PROFILE}.yaml (chosen for the CUDA device; "
+                         "--config default keeps the CPU-sized model)")
 
 
 def named_configs() -> list[str]:
@@ -218,6 +254,8 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     return value
 
 
+#: A working spacing (``prepare.spacing``) outside this range (mm) is refused before any work.
+MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 20.0
 #: (section, key) -> (lowest allowed, highest allowed, what it is); None = unbounded on that side.
 RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
     ("prepare", "registration_samples"): (1000, 10_000_000),
@@ -250,17 +288,28 @@ RANGES: dict[tuple[str, str], tuple[float | None, float | None]] = {
 def validate(cfg: Config) -> None:
     """Cross-field checks that dataclass types cannot express (raising one :class:`ConfigError` up front).
 
+    What a model mode asks of the config (a 3D model's patch depth, ...) is checked by the mode itself:
+    :func:`medtrans.modes.check_mode`, which ``train`` and ``convert`` call before any work.
+
     Example:
         >>> load_config(None, overrides=["prepare.mr_percentile=150"])
         Traceback (most recent call last):
         ...
         medtrans.errors.ConfigError: prepare.mr_percentile is 150.0; it must be between 50.0 and 100.0
     """
+    for check in (_check_ranges, _check_lists, _check_prepare, _check_choices, _check_model):
+        check(cfg)
+
+
+def _check_ranges(cfg: Config) -> None:
     for (section, key), (lo, hi) in RANGES.items():
         v = getattr(getattr(cfg, section), key)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
             raise ConfigError(f"{section}.{key} is {v}; it must be {bounds}")
+
+
+def _check_lists(cfg: Config) -> None:
     lists = {("model", "channels"): 1, ("model", "strides"): 1, ("prepare", "registration_levels_mm"): 0.1,
              ("prepare", "slice_size"): 8, ("train", "betas"): 0}
     for (section, key), lo in lists.items():
@@ -269,44 +318,47 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key} must be a list of numbers, not {values!r}")
         if any(v < lo for v in values):
             raise ConfigError(f"{section}.{key} is {values}; every entry must be at least {lo}")
-    if len(cfg.prepare.spacing) not in (0, 2, 3) or any(not isinstance(v, (int, float)) or isinstance(v, bool)
-                                                         or not v > 0 for v in cfg.prepare.spacing):
-        raise ConfigError(f"prepare.spacing is {cfg.prepare.spacing}; it must be [] (the cohort's median), "
-                          "[x, y] or [x, y, z] in mm, every entry positive")
-    if not cfg.prepare.registration_levels_mm:
-        raise ConfigError("prepare.registration_levels_mm needs at least one level (mm), e.g. [4, 2]")
-    if len(cfg.prepare.slice_size) != 2:
-        raise ConfigError("prepare.slice_size must be [rows, cols]")
     if len(cfg.train.betas) != 2 or not all(0 <= b < 1 for b in cfg.train.betas):
         raise ConfigError("train.betas must be two numbers in [0, 1)")
-    if any(f < 0 for f in cfg.prepare.split):
-        raise ConfigError("prepare.split fractions must not be negative")
+
+
+def _check_prepare(cfg: Config) -> None:
+    p = cfg.prepare
+    if len(p.spacing) not in (0, 2, 3) or any(not isinstance(v, (int, float)) or isinstance(v, bool)
+                                               or not v > 0 for v in p.spacing):
+        raise ConfigError(f"prepare.spacing is {p.spacing}; it must be [] (the cohort's median), "
+                          "[x, y] or [x, y, z] in mm, every entry positive")
+    if p.spacing and not all(MIN_SPACING_MM <= v <= MAX_SPACING_MM for v in p.spacing):
+        raise ConfigError(f"prepare.spacing is {p.spacing}; every entry must be between {MIN_SPACING_MM} and "
+                          f"{MAX_SPACING_MM} mm (a working grid finer than scanners acquire, or coarser than a body, "
+                          "is a typo)")
+    if not p.registration_levels_mm:
+        raise ConfigError("prepare.registration_levels_mm needs at least one level (mm), e.g. [4, 2]")
+    if len(p.slice_size) != 2:
+        raise ConfigError("prepare.slice_size must be [rows, cols]")
+    if len(p.split) != 3 or any(f < 0 for f in p.split) or abs(sum(p.split) - 1) > 1e-6:
+        raise ConfigError("prepare.split must be three fractions (train, val, test), none negative, summing to 1")
+
+
+def _check_choices(cfg: Config) -> None:
     choices = {
         ("prepare", "registration"): ("rigid", "affine", "rigid+bspline", "none"),
         ("prepare", "mr_norm"): ("percentile", "zscore"),
         ("model", "norm"): ("instance", "batch"),
-        ("model", "spatial_dims"): (2, 3),
-        ("model", "plane"): ("axial", "coronal", "sagittal", "all"),
         ("train", "gan_loss"): ("least_squares", "bce", "hinge"),
     }
     for (section, key), allowed in choices.items():
         if getattr(getattr(cfg, section), key) not in allowed:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}")
-    if cfg.model.context_slices < 1 or cfg.model.context_slices % 2 == 0:
+
+
+def _check_model(cfg: Config) -> None:
+    m = cfg.model
+    if m.context_slices < 1 or m.context_slices % 2 == 0:
         raise ConfigError("model.context_slices must be a positive odd number")
-    if cfg.model.spatial_dims == 3 and (cfg.model.context_slices != 1 or cfg.model.plane != "axial"):
-        raise ConfigError("a 3D model (model.spatial_dims=3) takes model.context_slices=1 and model.plane=axial "
-                          "(its patches are volumes; --config 3d sets both)")
-    if len(cfg.model.strides) != len(cfg.model.channels) - 1:
+    if len(m.strides) != len(m.channels) - 1:
         raise ConfigError("model.strides needs one entry fewer than model.channels")
-    total_stride = 1
-    for s in cfg.model.strides:
-        total_stride *= s
-    if cfg.train.crop_size % total_stride:
-        raise ConfigError(f"train.crop_size must be divisible by the UNet's total stride {total_stride}")
-    if cfg.model.spatial_dims == 3 and cfg.model.patch_depth % total_stride:
-        raise ConfigError(f"model.patch_depth must be divisible by the UNet's total stride {total_stride}")
-    if len(cfg.prepare.split) != 3 or abs(sum(cfg.prepare.split) - 1) > 1e-6:
-        raise ConfigError("prepare.split must be three fractions (train, val, test) summing to 1")
-    if any(s % total_stride for s in cfg.prepare.slice_size):
-        raise ConfigError(f"prepare.slice_size must be divisible by the UNet's total stride {total_stride}")
+    if cfg.train.crop_size % m.total_stride:
+        raise ConfigError(f"train.crop_size must be divisible by the UNet's total stride {m.total_stride}")
+    if any(s % m.total_stride for s in cfg.prepare.slice_size):
+        raise ConfigError(f"prepare.slice_size must be divisible by the UNet's total stride {m.total_stride}")

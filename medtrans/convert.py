@@ -2,8 +2,8 @@
 
 Each case is written to ``OUT/<case>/`` and completed by ``sct.json`` (written last, atomically), so a
 killed run leaves no half-written sCT and a rerun finishes the remaining cases. Whether a finished case is
-current is decided from its provenance (the MR's SHA-256, the bundle's hash, the output options and the
-medtrans version), never from the presence of files: a case whose provenance differs is redone, and the
+current is decided from its :class:`~medtrans.provenance.Provenance` (the MR's SHA-256, the bundle's hash, the
+series, the output options including ``--strict``, and the medtrans version), never from the presence of files: a case whose provenance differs is redone, and the
 reason is reported.
 """
 
@@ -15,6 +15,7 @@ import platform
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +25,19 @@ import torch
 from tqdm import tqdm
 
 import medtrans
-from medtrans.bundle import load_bundle, model_members
+from medtrans.bundle import Bundle, load_bundle, model_members
 from medtrans.cohort import Case, discover
+from medtrans.config import Config
 from medtrans.dicom_out import new_link, write_dicom_series
 from medtrans.errors import InputError, MedtransError
 from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remove_outputs, sct_record
 from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
-from medtrans.inference import (
-    UNCERTAINTY_PASSES,
-    Predictor,
-    Stopwatch,
-    mean_and_spread,
-    pick_device,
-    predictor_from_bundle,
-)
-from medtrans.intensity import mr_foreground, normalize_mr_with_foreground
-from medtrans.io import read_volume, require_signal, write_volume
+from medtrans.inference import UNCERTAINTY_PASSES, FusedPredictor, Stopwatch, pick_device, predictor_from_bundle
+from medtrans.intensity import AIR_HU, mr_foreground, normalize_mr_with_foreground
+from medtrans.io import Volume, read_volume, require_signal, write_volume
+from medtrans.modes import Mode, check_mode
+from medtrans.provenance import Provenance
 from medtrans.qa import Flag, flags_text, input_flags, mr_profile
 
 
@@ -63,40 +60,37 @@ def shard_cases(cases: list[Case], shard: tuple[int, int]) -> list[Case]:
     return sorted(cases, key=lambda c: c.name)[i::n]
 
 
-def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool, uncertainty: bool = False) -> dict[str, Any]:
-    """What a case's sCT depends on; a finished case is current only if its recorded provenance is equal."""
+def provenance(case: Case, *, bundle_hash: str, fmt: str, tta: bool, uncertainty: bool = False,
+               strict: bool = False) -> Provenance:
+    """What a case's sCT depends on: the MR, the model, the series and every option that changes the output (--strict
+    too: a case converted with warnings must be redone, and fail, when --strict is asked for)."""
     if case.mr is None:
         raise InputError("; ".join(case.errors) or "no MR found", path=case.folder)
     try:
         mr_hash = sha256_of(case.mr.path)
     except OSError as exc:
         raise InputError(f"cannot be read: {exc.strerror or exc}", path=case.mr.path) from None
-    return {"input_sha256": mr_hash, "series_uid": case.mr.series_uid, "bundle_sha256": bundle_hash,
-            "options": {"format": fmt, "tta_flip": tta, "uncertainty": uncertainty}, "medtrans": medtrans.__version__}
+    return Provenance({"mr": mr_hash, "model": bundle_hash},
+                      {"series_uid": case.mr.series_uid, "format": fmt, "tta_flip": tta, "uncertainty": uncertainty,
+                       "strict": strict})
 
 
-def stale_reason(case_dir: Path, current: dict[str, Any]) -> str | None:
+def stale_reason(case_dir: Path, current: Provenance) -> str | None:
     """None if ``case_dir`` holds a complete sCT made from exactly ``current``; else why it must be (re)done."""
     if not (case_dir / SCT_RECORD).is_file():
         return "new"
     record = sct_record(case_dir)
     if record is None:
         return "its sct.json is unreadable"
-    old = record.get("provenance") or {}
-    if old.get("input_sha256") != current["input_sha256"]:
-        return "the input MR changed"
-    if old.get("series_uid") != current["series_uid"]:
-        return "another MR series was chosen"
-    if old.get("bundle_sha256") != current["bundle_sha256"]:
-        return "the model changed"
-    for key, value in current["options"].items():
-        if old.get("options", {}).get(key) != value:
-            return f"option {key} changed ({old.get('options', {}).get(key)} -> {value})"
-    if old.get("medtrans") != current["medtrans"]:
-        return f"medtrans changed ({old.get('medtrans')} -> {current['medtrans']})"
-    if not (case_dir / SCT_OUTPUTS[current["options"]["format"]]).exists():
+    reason = current.stale_reason(record.get("provenance"))
+    if reason is None and not (case_dir / SCT_OUTPUTS[current.settings["format"]]).exists():
         return "its output is missing"
-    return None
+    return reason
+
+
+def check_mode_of(bundle: Bundle) -> Mode:
+    """A bundle's mode, checked (one clear error for a bundle this version cannot run)."""
+    return check_mode(Config(model=bundle.model))
 
 
 def overlap_input_checks(device: torch.device) -> bool:
@@ -105,120 +99,136 @@ def overlap_input_checks(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def convert_case(case: Case, out_dir: Path, predictors: list[Predictor], *, fmt: str, bundle_info: dict[str, Any],
-                 prov: dict[str, Any], uncertainty: bool = False, strict: bool = False,
-                 series_description: str = "medtrans synthetic CT (not for diagnosis)") -> dict[str, Any]:
+@dataclass
+class ConvertJob:
+    """What every case of one ``convert`` run is converted with."""
+
+    model: FusedPredictor
+    fmt: str
+    bundle_info: dict[str, Any]
+    cut_note: str  #: how the model's mode cuts inputs (for the orientation flag)
+    uncertainty: bool = False
+    strict: bool = False
+    series_description: str = "medtrans synthetic CT (not for diagnosis)"
+
+
+def _read_and_normalize(case: Case, job: ConvertJob, clock: Stopwatch) -> tuple[Volume, tuple[sitk.Image, dict],
+                                                                                np.ndarray]:
+    """The MR, normalized once (the input profile and every ensemble member use it), and its foreground."""
+    with clock("decode"):
+        vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
+        require_signal(vol, "MR")
+    spec = job.model.mr_normalization
+    with clock("normalize"):
+        norm_image, norm_stats, foreground = normalize_mr_with_foreground(vol.image, spec)
+        if spec.n4:  # the profile and the uncertainty summary describe the raw MR's foreground
+            foreground = mr_foreground(np.maximum(sitk.GetArrayFromImage(vol.image).astype(np.float32), 0))
+    return vol, (norm_image, norm_stats), foreground
+
+
+def _require_passing(flags: list[Flag], *, strict: bool, path: Path) -> None:
+    """An error flag fails the case, and so does a warning with ``--strict``."""
+    failing = [f for f in flags if f.severity == "error" or (strict and f.severity == "warning")]
+    if failing:
+        only_warnings = strict and all(f.severity == "warning" for f in failing)
+        raise InputError(flags_text(failing) + (" (--strict)" if only_warnings else ""), path=path)
+
+
+def _checked_prediction(case: Case, job: ConvertJob, vol: Volume, normalized: tuple[sitk.Image, dict],
+                        foreground: np.ndarray, timings: dict[str, float],
+                        ) -> tuple[list[Flag], sitk.Image, sitk.Image | None]:
+    """The input checks (:mod:`medtrans.qa`) and the prediction; on an accelerator the checks run on a CPU thread
+    beside the network, and nothing is written before they pass."""
+    clock = Stopwatch(timings)
+
+    def check_input() -> list[Flag]:
+        with clock("input_checks"):
+            profile = mr_profile(vol.image, job.model.mr_normalization, normalized=normalized[0],
+                                 foreground=foreground)
+            return input_flags(profile, job.bundle_info.get("training_profile"), cut_note=job.cut_note)
+
+    if not overlap_input_checks(job.model.device):
+        flags = check_input()
+        _require_passing(flags, strict=job.strict, path=case.mr.path)
+        sct, spread = job.model.predict(vol.image, normalized=normalized, uncertainty=job.uncertainty,
+                                        timings=timings)
+        return flags, sct, spread
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(check_input)
+        sct, spread = job.model.predict(vol.image, normalized=normalized, uncertainty=job.uncertainty,
+                                        timings=timings)
+    flags = pending.result()
+    _require_passing(flags, strict=job.strict, path=case.mr.path)
+    return flags, sct, spread
+
+
+def _as_int16(sct: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """HU rounded to int16 (air below, on the reference's exact grid)."""
+    hu = sitk.GetArrayFromImage(sct)  # one copy, rounded and bounded in place (np.clip is several times slower)
+    np.rint(hu, out=hu)
+    np.maximum(hu, np.float32(AIR_HU), out=hu)
+    np.minimum(hu, np.float32(32767), out=hu)
+    out = sitk.GetImageFromArray(hu.astype(np.int16))
+    out.CopyInformation(reference)
+    return out
+
+
+def _write_outputs(out_dir: Path, job: ConvertJob, vol: Volume, sct: sitk.Image, spread: sitk.Image | None,
+                   foreground: np.ndarray) -> tuple[bool, dict[str, Any] | None]:
+    """The sCT in the asked format (DICOM joins the MR's study where it came from DICOM), the uncertainty map;
+    whether the DICOM joined the source study, and the map's summary."""
+    sct_int, linked = _as_int16(sct, vol.image), False
+    if job.fmt == "dicom":
+        link = vol.dicom_link if vol.dicom_link and vol.dicom_link.get("StudyInstanceUID") else None
+        linked = link is not None
+        write_dicom_series(sct_int, out_dir / SCT_OUTPUTS["dicom"], modality="CT", link=link or new_link(),
+                           series_description=job.series_description, derived=True,
+                           extra={"DerivationDescription": "Synthetic CT computed from MR by medtrans",
+                                  "BurnedInAnnotation": "NO"})
+    else:
+        write_volume(sct_int, out_dir / SCT_OUTPUTS[job.fmt])
+    if not (job.uncertainty and spread is not None):
+        return linked, None
+    spread.CopyInformation(vol.image)
+    write_volume(spread, out_dir / UNCERTAINTY_OUTPUTS[job.fmt])
+    values = sitk.GetArrayViewFromImage(spread)
+    values = values[foreground] if foreground.any() else values.ravel()
+    return linked, {"output": UNCERTAINTY_OUTPUTS[job.fmt], "unit": "HU (standard deviation)",
+                    "mean_in_body_hu": float(values.mean()), "p95_in_body_hu": float(np.percentile(values, 95)),
+                    "passes_per_model": len(UNCERTAINTY_PASSES), "models": len(job.model.members)}
+
+
+def convert_case(case: Case, out_dir: Path, job: ConvertJob, prov: Provenance) -> dict[str, Any]:
     """Convert one case and write its outputs; returns the ``sct.json`` record.
 
-    The MR is checked against the training profile in ``bundle_info`` first (:mod:`medtrans.qa`): an error flag
-    fails the case, and so does a warning with ``strict``. Several predictors (an ensemble) are averaged; with
-    ``uncertainty`` each runs the test-time passes too, and the voxelwise spread of all of them is written beside
-    the sCT. Earlier outputs of the case are removed before anything is written, so that a failure or a kill
-    leaves the case absent, never an old sCT beside a new input.
+    The MR is checked against the training profile in the bundle first (:mod:`medtrans.qa`): an error flag fails the
+    case, and so does a warning with ``strict``. The members of an ensemble are fused; with ``uncertainty`` each runs
+    the test-time passes too, and the voxelwise spread of all of them is written beside the sCT. Earlier outputs of
+    the case are removed before anything is written, so that a failure or a kill leaves the case absent, never an
+    old sCT beside a new input.
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    clock = Stopwatch(timings)
     if case.mr is None:
         raise InputError("; ".join(case.errors) or "no MR found", path=case.folder)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_outputs(out_dir)
     sweep_stale_temps(out_dir)  # left by a run killed mid-write
-    with clock("decode"):
-        vol = read_volume(case.mr.path, series_uid=case.mr.series_uid, modality="MR")
-        require_signal(vol, "MR")
-    spec = predictors[0].mr_normalization
-    with clock("normalize"):
-        # once: the input profile and every predictor (ensemble members share one normalization) use it
-        norm_image, norm_stats, foreground = normalize_mr_with_foreground(vol.image, spec)
-        normalized = (norm_image, norm_stats)
-        if spec.n4:  # the profile and the uncertainty summary describe the raw MR's foreground
-            foreground = mr_foreground(np.maximum(sitk.GetArrayFromImage(vol.image).astype(np.float32), 0))
-
-    def check_input() -> list[Flag]:
-        with clock("input_checks"):
-            return input_flags(mr_profile(vol.image, spec, normalized=norm_image, foreground=foreground),
-                               bundle_info.get("training_profile"))
-
-    # On a GPU the checks run on a CPU thread while the network works; nothing is written before they pass.
-    pool = ThreadPoolExecutor(max_workers=1) if overlap_input_checks(predictors[0].device) else None
-    pending = pool.submit(check_input) if pool is not None else None
-    flags = check_input() if pending is None else None
-
-    def require_passing(flags: list[Flag]) -> None:
-        failing = [f for f in flags if f.severity == "error" or (strict and f.severity == "warning")]
-        if failing:
-            raise InputError(flags_text(failing) + (" (--strict)" if strict and all(f.severity == "warning"
-                                                                                    for f in failing) else ""),
-                             path=case.mr.path)
-
-    if flags is not None:
-        require_passing(flags)
-    try:
-        if uncertainty:
-            samples = [s for p in predictors for s in p.predict_passes(vol.image, normalized=normalized,
-                                                                          timings=timings)]
-            with clock("combine"):
-                sct, spread = mean_and_spread(samples)
-        elif len(predictors) > 1:
-            samples = [p.predict_image(vol.image, normalized=normalized, timings=timings) for p in predictors]
-            with clock("combine"):
-                sct, spread = mean_and_spread(samples)
-        else:
-            sct, spread = predictors[0].predict_image(vol.image, normalized=normalized, timings=timings), None
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-    if pending is not None:
-        flags = pending.result()
-        require_passing(flags)
-    with clock("encode"):
-        hu = sitk.GetArrayFromImage(sct)  # one copy, rounded and bounded in place (np.clip is several times slower)
-        np.rint(hu, out=hu)
-        np.maximum(hu, np.float32(-1024), out=hu)
-        np.minimum(hu, np.float32(32767), out=hu)
-        sct_int = sitk.GetImageFromArray(hu.astype(np.int16))
-        sct_int.CopyInformation(vol.image)
-        linked = False
-        if fmt == "dicom":
-            link = vol.dicom_link if vol.dicom_link and vol.dicom_link.get("StudyInstanceUID") else None
-            linked = link is not None
-            write_dicom_series(sct_int, out_dir / SCT_OUTPUTS["dicom"], modality="CT", link=link or new_link(),
-                               series_description=series_description, derived=True,
-                               extra={"DerivationDescription": "Synthetic CT computed from MR by medtrans",
-                                      "BurnedInAnnotation": "NO"})
-        else:
-            write_volume(sct_int, out_dir / SCT_OUTPUTS[fmt])
-        unc_record = None
-        if uncertainty and spread is not None:
-            spread.CopyInformation(vol.image)
-            write_volume(spread, out_dir / UNCERTAINTY_OUTPUTS[fmt])
-            body = foreground
-            values = (sitk.GetArrayViewFromImage(spread)[body] if body.any()
-                      else sitk.GetArrayViewFromImage(spread).ravel())
-            unc_record = {"output": UNCERTAINTY_OUTPUTS[fmt], "unit": "HU (standard deviation)",
-                          "mean_in_body_hu": float(values.mean()), "p95_in_body_hu": float(np.percentile(values, 95)),
-                          "passes_per_model": len(UNCERTAINTY_PASSES), "models": len(predictors)}
+    vol, normalized, foreground = _read_and_normalize(case, job, Stopwatch(timings))
+    flags, sct, spread = _checked_prediction(case, job, vol, normalized, foreground, timings)
+    with Stopwatch(timings)("encode"):
+        linked, unc_record = _write_outputs(out_dir, job, vol, sct, spread, foreground)
     timings["total"] = time.perf_counter() - t0
+    member = job.model.members[0]
     record = {
-        "case": case.name,
-        "status": "ok",
-        "output": SCT_OUTPUTS[fmt],
-        "format": fmt,
-        "input": case.mr.describe(),
-        "geometry": geometry_of(vol.image),
-        "input_reconstruction": vol.reconstruction,
-        "flags": [f.to_dict() for f in flags],
-        "uncertainty": unc_record,
-        "dicom_linked_to_source_study": linked,
-        "provenance": prov,
-        "bundle_sha256": prov["bundle_sha256"],
-        "bundle": {k: bundle_info.get(k) for k in ("trained_steps", "selected", "best_val_mae_hu", "model")},
-        "models": len(predictors),
-        "tta_flip": predictors[0].tta_flip,
+        "case": case.name, "status": "ok", "output": SCT_OUTPUTS[job.fmt], "format": job.fmt,
+        "input": case.mr.describe(), "geometry": geometry_of(vol.image), "input_reconstruction": vol.reconstruction,
+        "flags": [f.to_dict() for f in flags], "uncertainty": unc_record, "dicom_linked_to_source_study": linked,
+        "provenance": prov.to_dict(), "bundle_sha256": prov.inputs["model"],
+        "bundle": {k: job.bundle_info.get(k) for k in ("trained_steps", "selected", "best_val_mae_hu", "model")},
+        "models": len(job.model.members), "tta_flip": member.tta_flip,
         "software": {"medtrans": medtrans.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": str(predictors[0].device),
-        "timings_s": timings,
+        "device": str(member.device), "timings_s": timings,
     }
     write_json(out_dir / SCT_RECORD, record)  # last: marks the case complete
     return record
@@ -253,20 +263,22 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
     out = claim_output_dir(out, kind="convert", inputs=[input_path, *given], signatures=[f"*/{SCT_RECORD}"],
                            allow_nonempty=allow_nonempty)
     dev = pick_device(device)
-    predictors = [predictor_from_bundle(b, device=dev, batch_size=batch_size, tta_flip=tta) for b in bundles]
+    modes = [check_mode_of(b) for b in bundles]
+    job = ConvertJob(FusedPredictor([predictor_from_bundle(b, device=dev, batch_size=batch_size, tta_flip=tta)
+                                     for b in bundles]), fmt, bundles[0].info,
+                     "; ".join(dict.fromkeys(m.cut_note for m in modes)), uncertainty, strict)
     hashes = [b.hash() for b in bundles]
     bundle_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
     results = []
     for case in tqdm(cases, desc="convert", unit="case", disable=not progress):
         case_dir = out / case.name
         try:
-            prov = provenance(case, bundle_hash=bundle_hash, fmt=fmt, tta=tta, uncertainty=uncertainty)
+            prov = provenance(case, bundle_hash=bundle_hash, fmt=fmt, tta=tta, uncertainty=uncertainty, strict=strict)
             reason = "--overwrite" if overwrite else stale_reason(case_dir, prov)
             if reason is None:
                 results.append({"case": case.name, "status": "skipped", "reason": "up to date"})
                 continue
-            rec = convert_case(case, case_dir, predictors, fmt=fmt, bundle_info=bundles[0].info, prov=prov,
-                               uncertainty=uncertainty, strict=strict)
+            rec = convert_case(case, case_dir, job, prov)
             results.append({**rec, "reason": reason})
         except MedtransError as exc:
             results.append({"case": case.name, "status": "failed", "error": str(exc)})

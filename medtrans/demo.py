@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import SimpleITK as sitk
-
 from medtrans.config import load_config
 from medtrans.errors import MedtransError
+from medtrans.formats import SCT_OUTPUTS
 from medtrans.fsutil import MARKER, claim_output_dir
+from medtrans.prepared import PreparedDataset
 
 DEMO_CASES = 6
 
@@ -24,10 +24,10 @@ def _lookup_baseline(prep: Path, manifest: dict[str, Any], out: Path, spec) -> N
     from medtrans.evaluation.baselines import fit_baselines, lookup_sct
     from medtrans.io import write_volume
 
-    lookup, _ = fit_baselines(prep, manifest["split"]["train"], spec)
-    for name in manifest["split"]["test"]:
-        write_volume(lookup_sct(lookup, sitk.ReadImage(str(prep / name / "mr.nii.gz")), spec),
-                     out / name / "sct.nii.gz")
+    dataset = PreparedDataset(prep, manifest)
+    lookup, _ = fit_baselines(prep, dataset.split("train"), spec)
+    for name in dataset.split("test"):
+        write_volume(lookup_sct(lookup, dataset.case(name).read("mr"), spec), out / name / SCT_OUTPUTS["nifti"])
 
 
 def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[str] | None = None,
@@ -58,9 +58,10 @@ def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[st
     say("[4/5] convert the held-out test cases")
     test_cases = manifest["split"]["test"]
     (out / "test_mr").mkdir()
+    prepared = PreparedDataset(out / "prep", manifest)
     for name in test_cases:
         (out / "test_mr" / name).mkdir()
-        shutil.copy(out / "prep" / name / "mr.nii.gz", out / "test_mr" / name / "mr.nii.gz")
+        shutil.copy(prepared.case(name).mr_path, out / "test_mr" / name / "mr.nii.gz")
     convert_cohort(out / "run", out / "test_mr", out / "sct", device=device, progress=progress)
     _lookup_baseline(out / "prep", manifest, out / "baseline_sct", MRNormalization.from_prepare(cfg.prepare))
     say("[5/5] evaluate")
@@ -68,8 +69,9 @@ def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[st
     ref.mkdir()
     for name in test_cases:
         (ref / name).mkdir()
-        for f in ("mr.nii.gz", "ct_registered.nii.gz", "mask.nii.gz"):
-            shutil.copy(out / "prep" / name / f, ref / name / f)
+        case = prepared.case(name)
+        for f in (case.mr_path, case.ct_path, case.mask_path):
+            shutil.copy(f, ref / name / f.name)
     model = evaluate(out / "sct", ref, out / "eval", progress=progress)
     base = evaluate(out / "baseline_sct", ref, out / "eval_baseline", report=False, progress=False)
     say(f"\nreport: {(out / 'eval' / 'report.html').resolve()}")

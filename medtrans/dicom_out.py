@@ -85,67 +85,65 @@ def write_dicom_series(
     if modality not in ("CT", "MR"):
         raise ValueError(f"modality must be CT or MR, not {modality!r}")
     image = _right_handed(image)
-    arr = sitk.GetArrayFromImage(image)  # (z, y, x)
-    if modality == "CT":
-        stored = np.clip(np.rint(arr.astype(np.float64) - CT_RESCALE_INTERCEPT), 0, 65535).astype(np.uint16)
-    else:
-        stored = np.clip(np.rint(arr.astype(np.float64)), 0, 65535).astype(np.uint16)
-    d = np.array(image.GetDirection()).reshape(3, 3)
-    iop = [*d[:, 0].tolist(), *d[:, 1].tolist()]
-    sx, sy, sz = image.GetSpacing()
-    series_uid = generate_uid()
+    stored = _stored_values(sitk.GetArrayFromImage(image), modality)  # (z, y, x)
     now = _dt.datetime.now()
+    series = {"Modality": modality, "SeriesInstanceUID": generate_uid(), "SeriesNumber": series_number,
+              "SeriesDescription": series_description[:64], "SeriesDate": now.strftime("%Y%m%d"),
+              "ContentDate": now.strftime("%Y%m%d"), "SeriesTime": now.strftime("%H%M%S"),
+              "ContentTime": now.strftime("%H%M%S"),
+              # value 3 is required by both IODs: AXIAL (a transverse stack) for CT, OTHER for MR
+              "ImageType": [*(["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY"]),
+                            "AXIAL" if modality == "CT" else "OTHER"],
+              "Laterality": "",  # Type 2C: the body part is not known here, and empty means "unknown"
+              "AcquisitionNumber": 1, **_MODALITY_ATTRIBUTES[modality], **(extra or {})}
     sop_class = CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
     written: list[Path] = []
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         for k in range(stored.shape[0]):
             ds = _base_dataset(sop_class, link)
-            ds.Modality = modality
-            ds.SeriesInstanceUID = series_uid
-            ds.SeriesNumber = series_number
-            ds.SeriesDescription = series_description[:64]
-            ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-            ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-            # value 3 is required by both IODs: AXIAL (a transverse stack) for CT, OTHER for MR
-            ds.ImageType = [*(["DERIVED", "SECONDARY"] if derived else ["ORIGINAL", "PRIMARY"]),
-                            "AXIAL" if modality == "CT" else "OTHER"]
-            ds.Laterality = ""  # Type 2C: the body part is not known here, and empty means "unknown"
-            ds.InstanceNumber = k + 1
-            ds.AcquisitionNumber = 1
-            position = image.TransformIndexToPhysicalPoint((0, 0, k))
-            ds.ImagePositionPatient = _ds(position)
-            ds.ImageOrientationPatient = _ds(iop)
-            ds.PixelSpacing = _ds((sy, sx))  # row spacing (between rows), then column spacing
-            ds.SliceThickness = ds.SpacingBetweenSlices = _ds(sz)
-            ds.SliceLocation = _ds(np.dot(position, np.cross(d[:, 0], d[:, 1])))
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = int(stored.shape[1]), int(stored.shape[2])
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 0
-            if modality == "CT":
-                ds.RescaleIntercept = CT_RESCALE_INTERCEPT
-                ds.RescaleSlope = 1.0
-                ds.RescaleType = "HU"
-                ds.KVP = ""
-            else:
-                ds.ScanningSequence = "GR"
-                ds.SequenceVariant = "NONE"
-                ds.ScanOptions = ""
-                ds.MRAcquisitionType = "3D"
-                ds.RepetitionTime = 8.0
-                ds.EchoTime = 3.0
-                ds.EchoTrainLength = 1
-            for key, value in (extra or {}).items():
+            for key, value in series.items():
                 setattr(ds, key, value)
-            ds.PixelData = stored[k].tobytes()
+            _set_slice(ds, image, k, stored[k])
             out = tmp / f"{modality}{k + 1:05d}.dcm"
             ds.save_as(out, enforce_file_format=True)
             written.append(folder / out.name)
     return written
+
+
+#: What each modality's instances carry beyond the common attributes (CT: HU through the rescale; MR: the
+#: acquisition attributes the MR Image IOD requires, with plain values for data that was not acquired).
+_MODALITY_ATTRIBUTES: dict[str, dict[str, Any]] = {
+    "CT": {"RescaleIntercept": CT_RESCALE_INTERCEPT, "RescaleSlope": 1.0, "RescaleType": "HU", "KVP": ""},
+    "MR": {"ScanningSequence": "GR", "SequenceVariant": "NONE", "ScanOptions": "", "MRAcquisitionType": "3D",
+           "RepetitionTime": 8.0, "EchoTime": 3.0, "EchoTrainLength": 1},
+}
+
+
+def _stored_values(arr: np.ndarray, modality: str) -> np.ndarray:
+    """Pixel values as stored (uint16): CT HU minus the rescale intercept, MR as it is."""
+    shift = CT_RESCALE_INTERCEPT if modality == "CT" else 0.0
+    return np.clip(np.rint(arr.astype(np.float64) - shift), 0, 65535).astype(np.uint16)
+
+
+def _set_slice(ds: Dataset, image: sitk.Image, k: int, pixels: np.ndarray) -> None:
+    """Slice ``k``'s geometry and pixels: position, orientation and spacing from the image's own grid."""
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    sx, sy, sz = image.GetSpacing()
+    position = image.TransformIndexToPhysicalPoint((0, 0, k))
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = _ds(position)
+    ds.ImageOrientationPatient = _ds([*d[:, 0].tolist(), *d[:, 1].tolist()])
+    ds.PixelSpacing = _ds((sy, sx))  # row spacing (between rows), then column spacing
+    ds.SliceThickness = ds.SpacingBetweenSlices = _ds(sz)
+    ds.SliceLocation = _ds(np.dot(position, np.cross(d[:, 0], d[:, 1])))
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
 
 
 def _ds(value: Any) -> Any:

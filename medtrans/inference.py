@@ -10,17 +10,19 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
+from medtrans.bundle import Bundle
+from medtrans.config import ModelConfig
 from medtrans.errors import MedtransError
 from medtrans.geometry import array_from_canonical, resample_onto, to_canonical, working_grid
-from medtrans.intensity import CT_BACKGROUND, MRNormalization, denormalize_ct, normalize_mr
+from medtrans.intensity import AIR_HU, MRNormalization, denormalize_ct, normalize_mr
 from medtrans.models import Generator
+from medtrans.modes import Mode, mode_of
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -57,48 +59,6 @@ def mean_and_spread(samples: list[sitk.Image]) -> tuple[sitk.Image, sitk.Image]:
     return mean, spread
 
 
-#: The in-plane box of a slice stack that the network sees: where the normalized MR differs from its background by
-#: more than SIGNAL_TOLERANCE (normalized units: 5 % of the high percentile), widened by SIGNAL_MARGIN pixels of air on
-#: every side, so that the network sees the body's edge with the context it was trained with.
-SIGNAL_TOLERANCE = 0.1
-SIGNAL_MARGIN = 32
-
-
-def signal_box(stack: np.ndarray, background: float, stride: int) -> tuple[slice, slice]:
-    """Rows and columns of a (Z, H, W) stack that hold signal, widened by :data:`SIGNAL_MARGIN` and rounded out to a
-    multiple of ``stride`` (the whole slice when nothing stands out).
-
-    Example:
-        >>> vol = np.full((2, 100, 120), -1.0, np.float32)
-        >>> vol[:, 40:50, 60:70] = 0.5
-        >>> signal_box(vol, -1.0, 8)
-        (slice(5, 85, None), slice(25, 105, None))
-    """
-    h, w = stack.shape[1:]
-    hit = np.abs(stack - np.float32(background)) > SIGNAL_TOLERANCE
-    rows, cols = np.flatnonzero(hit.any(axis=(0, 2))), np.flatnonzero(hit.any(axis=(0, 1)))
-    if rows.size == 0:
-        return slice(0, h), slice(0, w)
-
-    def span(idx: np.ndarray, n: int) -> slice:
-        lo, hi = max(0, int(idx[0]) - SIGNAL_MARGIN), min(n, int(idx[-1]) + 1 + SIGNAL_MARGIN)
-        length = min(n, hi - lo + (-(hi - lo)) % stride)  # a multiple of the stride where the slice allows
-        lo = max(0, min(lo - (length - (hi - lo)) // 2, n - length))
-        return slice(lo, lo + length)
-
-    return span(rows, h), span(cols, w)
-
-
-def context_indices(n_slices: int, centre: np.ndarray, context: int) -> np.ndarray:
-    """Slice indices of the 2.5D stack around each centre slice, clamped at the volume ends."""
-    r = context // 2
-    return np.clip(centre[:, None] + np.arange(-r, r + 1)[None, :], 0, n_slices - 1)
-
-
-#: Axis order that puts a slice plane's normal first in a canonical (z, y, x) array (its inverse undoes it).
-PLANE_AXES: dict[str, tuple[int, int, int]] = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
-
-
 @dataclass
 class Predictor:
     """A generator ready for inference on one device: a slice model in its plane, or a 3D patch model."""
@@ -111,90 +71,38 @@ class Predictor:
     batch_size: int = 0  #: slices (3D: windows) per forward pass; 0 = auto (see :func:`auto_batch_size`)
     tta_flip: bool = False
     spacing: list[float] | None = None  #: working spacing the model was trained at (canonical x, y[, z]); None = native
-    plane: str = "axial"  #: slice plane of a 2D/2.5D model; "all": applied in every plane, predictions averaged
+    plane: str = "axial"  #: ``model.plane`` of a 2D/2.5D model; "all": applied in every plane, predictions averaged
     window: tuple[int, int, int] | None = None  #: 3D model: sliding-window size (z, y, x); None = a slice model
     overlap: float = 0.5  #: 3D model: overlap of neighbouring windows (blended with Gaussian weights)
 
     channels_last: bool = False  #: run a slice model in channels_last memory format (faster on CPUs: see convert)
     crop_to_signal: bool = True  #: run a slice model only over the in-plane box that holds signal (see signal_box)
 
+    mode: Mode = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         self.batch_size = self.batch_size or auto_batch_size(self.device)
+        self.mode = mode_of(ModelConfig(spatial_dims=3 if self.window is not None else 2, plane=self.plane,
+                                        context_slices=self.context_slices))
         if self.channels_last:
             self.generator.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
+    @torch.inference_mode()
     def predict_normalized(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
-        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32).
-
-        A slice model runs on the slices of its plane; a 3D model slides its window over the volume. With
-        ``tta_flip`` the left-right mirrored volume is predicted too and the two are averaged.
-        """
+        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32), by the model's mode
+        (:mod:`medtrans.modes`). With ``tta_flip`` the left-right mirrored volume is predicted too and the two are
+        averaged."""
         was_training = self.generator.training
         self.generator.eval()
         try:
-            out = self._predict(mr_canonical, background)
+            out = self.mode.predict(self, mr_canonical, background)
             if self.tta_flip:
-                mirrored = self._predict(np.ascontiguousarray(mr_canonical[..., ::-1]), background)
+                mirrored = self.mode.predict(self, np.ascontiguousarray(mr_canonical[..., ::-1]), background)
                 out = 0.5 * (out + mirrored[..., ::-1])
         finally:
             self.generator.train(was_training)
         return np.ascontiguousarray(out, dtype=np.float32)
-
-    def _predict(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
-        if self.window is not None:
-            return self._predict_windows(mr_canonical, background)
-        if self.plane == "all":  # one model trained on every plane: applied in each, fused with equal weights
-            return sum(self._predict_plane(mr_canonical, background, p) for p in PLANE_AXES) / len(PLANE_AXES)
-        return self._predict_plane(mr_canonical, background, self.plane)
-
-    def _predict_plane(self, mr_canonical: np.ndarray, background: float, plane: str) -> np.ndarray:
-        axes = PLANE_AXES[plane]
-        out = self._predict_slices(np.ascontiguousarray(np.transpose(mr_canonical, axes)), background)
-        return np.transpose(out, np.argsort(axes))
-
-    def _predict_slices(self, stack: np.ndarray, background: float) -> np.ndarray:
-        """Slice stacks through the network, only over the in-plane box that holds the body (see
-        :func:`signal_box`); outside it the prediction is air (a scan's field of view is often much larger)."""
-        z, h, w = stack.shape
-        rows, cols = signal_box(stack, background, self.stride) if self.crop_to_signal else (slice(0, h), slice(0, w))
-        out = np.full((z, h, w), CT_BACKGROUND, np.float32)
-        sub = stack[:, rows, cols]
-        hh, ww = sub.shape[1:]
-        ph, pw = (-hh) % self.stride, (-ww) % self.stride
-        vol = torch.from_numpy(np.ascontiguousarray(sub, dtype=np.float32))
-        if ph or pw:
-            vol = F.pad(vol, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=float(background))
-        vol = vol.to(self.device)
-        use_amp = self.device.type == "cuda"
-        for start in range(0, z, self.batch_size):
-            centre = np.arange(start, min(z, start + self.batch_size))
-            idx = torch.from_numpy(context_indices(z, centre, self.context_slices)).to(self.device)
-            x = vol[idx]  # (B, k, H', W')
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                y = self.generator(x).float()
-            y = y[:, 0, ph // 2: ph // 2 + hh, pw // 2: pw // 2 + ww]
-            out[centre, rows, cols] = y.cpu().numpy()
-        return out
-
-    def _predict_windows(self, volume: np.ndarray, background: float) -> np.ndarray:
-        """MONAI's sliding-window inference over the volume (padded with the MR background to at least a window)."""
-        from monai.inferers import sliding_window_inference
-
-        shape = volume.shape
-        pads = [max(0, win - n) for win, n in zip(self.window, shape, strict=True)]
-        vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-        if any(pads):  # F.pad takes the last axis first
-            vol = F.pad(vol, [p for n in reversed(pads) for p in (n // 2, n - n // 2)], value=float(background))
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            y = sliding_window_inference(vol[None, None].to(self.device), roi_size=self.window,
-                                         sw_batch_size=self.batch_size, predictor=self.generator,
-                                         overlap=self.overlap, mode="gaussian", padding_mode="replicate")
-        y = y[0, 0].float()
-        crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, shape, strict=True))
-        return y[crop].cpu().numpy()
 
     def predict_image(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None,
                       timings: dict[str, float] | None = None) -> sitk.Image:
@@ -237,7 +145,7 @@ class Predictor:
                 pred = pred[..., ::-1] if flip else pred
                 hu = array_from_canonical(denormalize_ct(np.ascontiguousarray(pred)), reference=work)
                 if grid is not None:
-                    hu = resample_onto(hu, mr, default=-1024.0)
+                    hu = resample_onto(hu, mr, default=AIR_HU)
                     hu.CopyInformation(mr)
             outputs.append(hu)
         return outputs
@@ -267,14 +175,42 @@ class Stopwatch:
                 self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def predictor_from_bundle(bundle, *, device: torch.device, batch_size: int = 0, tta_flip: bool = False) -> Predictor:
-    """Build a :class:`Predictor` from a loaded :class:`medtrans.bundle.Bundle`."""
-    from medtrans.models import total_stride
-
+def predictor_from_bundle(bundle: Bundle, *, device: torch.device, batch_size: int = 0,
+                          tta_flip: bool = False) -> Predictor:
+    """Build a :class:`Predictor` from a loaded :class:`medtrans.bundle.Bundle` (its mode's checks first)."""
     g = bundle.generator().to(device)
     window = tuple(bundle.info["window"]) if bundle.model.spatial_dims == 3 else None
     # channels_last: 18 % less network time on the 2-core CPU (U-Net 32-256, 256x256 slices); a model of its own
-    return Predictor(g, bundle.mr_normalization, bundle.model.context_slices, total_stride(bundle.model), device,
+    return Predictor(g, bundle.mr_normalization, bundle.model.context_slices, bundle.model.total_stride, device,
                      batch_size=batch_size, tta_flip=tta_flip, spacing=bundle.spacing, plane=bundle.model.plane,
                      window=window, overlap=bundle.model.sw_overlap,
                      channels_last=bundle.model.spatial_dims == 2 and device.type == "cpu")
+
+
+@dataclass
+class FusedPredictor:
+    """Several trained models fused into one sCT: an ensemble of seeds, the members of a tri-planar run or of the
+    folds of a cross-validation (equal weights); with ``uncertainty``, each member's test-time passes too, and the
+    voxelwise spread of all of them (HU) is the uncertainty map."""
+
+    members: list[Predictor]
+
+    @property
+    def mr_normalization(self) -> MRNormalization:
+        return self.members[0].mr_normalization
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def predict(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None, uncertainty: bool = False,
+                timings: dict[str, float] | None = None) -> tuple[sitk.Image, sitk.Image | None]:
+        """The sCT (HU, float32, on the MR's grid) and, for several members or with ``uncertainty``, the spread."""
+        if uncertainty:
+            samples = [s for p in self.members for s in p.predict_passes(mr, normalized=normalized, timings=timings)]
+        elif len(self.members) > 1:
+            samples = [p.predict_image(mr, normalized=normalized, timings=timings) for p in self.members]
+        else:
+            return self.members[0].predict_image(mr, normalized=normalized, timings=timings), None
+        with Stopwatch(timings)("combine"):
+            return mean_and_spread(samples)

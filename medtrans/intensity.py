@@ -21,9 +21,13 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+#: The HU range the CT is normalized over (the SynthRAD2023 PSNR range); its low end is air.
 CT_RANGE = (-1024.0, 3000.0)
+AIR_HU = CT_RANGE[0]
 #: Normalized value of air / background in CT space.
 CT_BACKGROUND = -1.0
+#: Normalized value of zero MR signal under percentile normalization (z-score's is -mean/std, recorded per case).
+MR_PERCENTILE_BACKGROUND = -1.0
 
 
 def normalize_ct(hu: np.ndarray) -> np.ndarray:
@@ -144,7 +148,7 @@ def normalize_mr_with_foreground(image: sitk.Image,
         scale = hi if hi > 0 else 1.0
         arr *= np.float32(2.0 / scale)
         arr -= np.float32(1.0)
-        stats = {"high": hi, "background": -1.0}
+        stats = {"high": hi, "background": MR_PERCENTILE_BACKGROUND}
     elif spec.method == "zscore":
         mean, std = float(values.mean()), float(values.std()) or 1.0
         arr -= np.float32(mean)

@@ -55,16 +55,3 @@ class Discriminator(nn.Module):
 
     def forward(self, mr: torch.Tensor, ct: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([mr, ct], dim=1))[-1]
-
-
-def total_stride(cfg: ModelConfig) -> int:
-    """The factor every input side must be divisible by."""
-    return math.prod(cfg.strides)
-
-
-def sample_shape(cfg: ModelConfig, crop: int) -> tuple[int, ...]:
-    """One training sample's shape without the batch axis: ``(k, crop, crop)`` for a slice model,
-    ``(1, patch_depth, crop, crop)`` for a 3D model."""
-    if cfg.spatial_dims == 3:
-        return (1, cfg.patch_depth, crop, crop)
-    return (cfg.context_slices, crop, crop)

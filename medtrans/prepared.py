@@ -77,7 +77,8 @@ class PreparedCase:
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CT (float32 HU), mask (bool) and MR image of the case, for validation and baselines."""
         ct = sitk.GetArrayFromImage(self.read("ct")).astype(np.float32)
-        mask = sitk.GetArrayViewFromImage(self.read("mask")) > 0
+        mask_image = self.read("mask")  # kept while its view is read
+        mask = sitk.GetArrayViewFromImage(mask_image) > 0
         return ct, mask, self.read("mr")
 
     def slices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,10 +129,10 @@ class PreparedDataset:
 
     def record(self, name: str) -> dict[str, Any]:
         """A case's record as the manifest holds it."""
-        for r in self.manifest.get("cases", []):
-            if r.get("case") == name:
-                return r
-        raise DatasetError(f"case {name} is not in {MANIFEST}", path=self.root)
+        records = {r.get("case"): r for r in self.manifest.get("cases", [])}
+        if name not in records:
+            raise DatasetError(f"case {name} is not in {MANIFEST}", path=self.root)
+        return records[name]
 
     def case_splits(self) -> dict[str, str]:
         """case -> split, for every case in a split."""

@@ -114,8 +114,13 @@ EXTENT_FACTOR = 1.5  # body extent more than this factor outside the training ra
 NEAR_CONSTANT = 1e-3  # coefficient of variation of the foreground below this: no usable signal
 
 
-def input_flags(profile: dict[str, Any], reference: dict[str, Any] | None) -> list[Flag]:
-    """Flags for an MR about to be converted, against the training profile (None: only the blank check)."""
+def input_flags(profile: dict[str, Any], reference: dict[str, Any] | None, *,
+                cut_note: str = "slices are cut axially either way") -> list[Flag]:
+    """Flags for an MR about to be converted, against the training profile (None: only the blank check).
+
+    ``cut_note`` says how the model's mode cuts its inputs whatever their acquisition orientation (the mode's
+    :attr:`medtrans.modes.Mode.cut_note`), for the ``orientation_unseen`` flag.
+    """
     flags: list[Flag] = []
     if profile["variation"] < NEAR_CONSTANT or profile["foreground_fraction"] == 0.0:
         flags.append(Flag("near_constant", "error", "the MR is (nearly) constant: no anatomy to convert"))
@@ -141,5 +146,5 @@ def input_flags(profile: dict[str, Any], reference: dict[str, Any] | None) -> li
     if profile["orientation"] not in reference["orientations"]:
         flags.append(Flag("orientation_unseen", "info",
                           f"acquired in {profile['orientation']} orientation; training MRs were "
-                          f"{', '.join(reference['orientations'])} (slices are cut axially either way)"))
+                          f"{', '.join(reference['orientations'])} ({cut_note})"))
     return flags

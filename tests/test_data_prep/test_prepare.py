@@ -42,7 +42,7 @@ def test_prepare_misaligned_phantoms_recovers_transform(raw_cohort, tmp_path):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(again),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(out / "ct_registered.nii.gz"))))
         assert rec["qa"]["metric_after"] < rec["qa"]["metric_before"]
-        assert len(rec["input_sha256"]["mr"]) == 64
+        assert len(rec["provenance"]["inputs"]["mr"]) == 64
         arr = np.load(out / "mr_slices.npy", mmap_mode="r")
         assert arr.shape[1:] == (128, 128) and arr.dtype == np.float16
     split = manifest["split"]
@@ -140,6 +140,7 @@ def test_rerun_skips_unchanged_cases(aligned_cohort, tmp_path):
     changed = load_config(None, overrides=[*TINY, "prepare.mr_percentile=99"])
     third = prepare_cohort(cohort, tmp_path / "p", changed, progress=False)
     assert not third["cases"][0].get("skipped")
+    assert third["cases"][0]["redone_because"] == "option mr_percentile changed (99.5 -> 99.0)"
 
 
 def test_patient_split_is_deterministic_and_patient_level():
@@ -179,3 +180,14 @@ def test_pseudo_pair_registration_tre(tmp_path):
 
 def test_docs_exist_for_prepare():
     assert (Path(__file__).resolve().parents[2] / "docs" / "data_layouts.md").exists()
+
+
+def test_a_mask_on_another_grid_is_an_error_not_replaced(aligned_cohort, tmp_path):
+    """Used to be replaced silently by a computed body mask."""
+    cohort = tmp_path / "c"
+    shutil.copytree(aligned_cohort / "phantom_000", cohort / "a")
+    mask = sitk.ReadImage(str(cohort / "a" / "mask.nii.gz"))
+    mask.SetSpacing([2 * s for s in mask.GetSpacing()])
+    sitk.WriteImage(mask, str(cohort / "a" / "mask.nii.gz"))
+    manifest = prepare_cohort(cohort, tmp_path / "p", load_config(None, overrides=TINY), progress=False)
+    assert "the mask is not on the MR's grid" in manifest["failed"][0]["error"]

@@ -43,3 +43,19 @@ def test_two_methods_compared_on_common_cases(tiny_run, prepared, tmp_path):
         assert (tmp_path / "cmp" / name / "metrics.csv").is_file()
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "id='paired'" in html and len(re.findall(r"alt='montage ", html)) >= 1
+
+
+def test_method_names_that_would_share_a_folder_and_missing_folders_are_refused_first(tmp_path):
+    import pytest
+
+    from medtrans.errors import MedtransError
+    from medtrans.evaluation.compare import compare, parse_preds
+
+    with pytest.raises(MedtransError, match="would share the report folder 'a_b'"):
+        parse_preds(["a b=x", "a_b=y"])  # used to overwrite one another's report folder
+    (tmp_path / "run=1").mkdir()
+    assert parse_preds([str(tmp_path / "run=1")]) == {"run=1": tmp_path / "run=1"}  # a folder, not NAME=DIR
+    (tmp_path / "a").mkdir()
+    with pytest.raises(MedtransError, match="no such folder: b="):
+        compare({"a": tmp_path / "a", "b": tmp_path / "nope"}, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # found before anything is written

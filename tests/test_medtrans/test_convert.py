@@ -181,3 +181,16 @@ def test_stage_timings_and_input_checks_beside_inference(tiny_run, prepared, tmp
     stages = res["good"]["timings_s"]
     assert {"decode", "normalize", "input_checks", "to_model_grid", "network", "to_mr_grid", "encode"} <= set(stages)
     assert sum(v for k, v in stages.items() if k != "total") <= stages["total"] * (2 if overlap else 1) + 1e-3
+
+
+def test_strict_is_part_of_the_provenance(tiny_run, prepared, tmp_path):
+    """Used to report 'skipped: up to date' for a case converted with warnings when the rerun asked for --strict."""
+    mr = sitk.ReadImage(str(prepared / "phantom_000" / "mr.nii.gz"))
+    mr.SetSpacing([3 * s for s in mr.GetSpacing()])  # far outside the training MRs' spacing: a warning flag
+    (tmp_path / "in" / "wide").mkdir(parents=True)
+    sitk.WriteImage(mr, str(tmp_path / "in" / "wide" / "mr.nii.gz"))
+    first = convert_cohort(tiny_run, tmp_path / "in", tmp_path / "out", device="cpu", progress=False)[0]
+    assert first["status"] == "ok" and any(f["severity"] == "warning" for f in first["flags"]), first["flags"]
+    again = convert_cohort(tiny_run, tmp_path / "in", tmp_path / "out", device="cpu", progress=False, strict=True)[0]
+    assert again["status"] == "failed" and "(--strict)" in again["error"], again
+    assert not (tmp_path / "out" / "wide" / "sct.nii.gz").exists()  # the warned-about sCT is not left behind

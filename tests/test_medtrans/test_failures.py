@@ -174,7 +174,8 @@ def test_convert_reruns_are_decided_by_provenance(tiny_run, prepared, tmp_path):
     torch.save(state, retrained / "model.pt")
     assert run(model=retrained, fmt="mha", tta=True)["reason"] == "the model changed"
     record = json.loads((out / "a" / "sct.json").read_text())
-    assert record["provenance"]["options"] == {"format": "mha", "tta_flip": True, "uncertainty": False}
+    assert record["provenance"]["settings"] == {"series_uid": None, "format": "mha", "tta_flip": True,
+                                                "uncertainty": False, "strict": False}
     # a failure removes the old output: a stale sCT is never left beside a new input
     (cohort / "a" / "mr.nii.gz").write_bytes(b"\x1f\x8b not gzip")
     assert run(model=retrained, fmt="mha", tta=True)["status"] == "failed"

@@ -16,8 +16,9 @@ from conftest import TINY
 from medtrans.config import load_config
 from medtrans.convert import convert_cohort
 from medtrans.errors import ConfigError
-from medtrans.inference import PLANE_AXES, Predictor
+from medtrans.inference import Predictor
 from medtrans.intensity import MRNormalization
+from medtrans.modes import PLANE_AXES, check_mode
 from medtrans.training.data import BatchStream, SliceBank, body_boxes
 from medtrans.training.trainer import train
 
@@ -117,11 +118,14 @@ def test_sliding_windows_cover_the_volume_exactly():
 
 
 def test_3d_config_checks():
+    """The 3D mode owns its checks (run by train and convert before any work, and by the CLI)."""
     with pytest.raises(ConfigError, match="3D model.*context_slices=1"):
-        load_config(None, overrides=["model.spatial_dims=3"])
+        check_mode(load_config(None, overrides=["model.spatial_dims=3"]))
     with pytest.raises(ConfigError, match="patch_depth must be divisible"):
-        load_config("3d", overrides=["model.patch_depth=30"])
-    assert load_config("3d").model.spatial_dims == 3
+        check_mode(load_config("3d", overrides=["model.patch_depth=30"]))
+    assert check_mode(load_config("3d")).name == "3d"
+    with pytest.raises(ConfigError, match="selects no mode"):
+        check_mode(load_config(None, overrides=["model.plane=diagonal"]))
 
 
 def _weights(run: Path) -> dict:
@@ -185,7 +189,7 @@ def test_triplanar_ensemble_from_the_cli_and_convert_fuses_members(prepared, tmp
 
 
 def test_ensemble_of_seeds_averages_members(prepared, tmp_path):
-    from medtrans.training.trainer import train_ensemble
+    from medtrans.training.ensemble import train_ensemble
 
     cfg = load_config(None, overrides=[*TINY, "train.max_steps=3"])
     summary = train_ensemble(prepared, tmp_path / "ens", cfg, ensemble=2, device="cpu", progress=False)
@@ -200,3 +204,22 @@ def test_ensemble_of_seeds_averages_members(prepared, tmp_path):
         out[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f"sct_{name}" / "mr" / "sct.nii.gz")))
     mean = (out["a"].astype(np.float32) + out["b"]) / 2
     assert np.abs(out["ens"] - mean).max() <= 1.0  # the ensemble is the members' mean (int16 rounding)
+
+
+def test_the_bias_field_multiplies_the_signal_about_each_cases_own_background():
+    """Used to assume the normalized background is -1: with z-score normalization (background -mean/std) the field
+    shifted air and tissue alike. Zero signal stays zero signal, whatever the normalization."""
+    for background in (-1.0, -0.37):
+        bank, _ = coordinate_bank(3)
+        bank.mr = torch.where(bank.mask.bool() & (bank.mr > 20), bank.mr, torch.tensor(background)).half()
+        bank.background = torch.full((bank.num_samples,), background)
+        for plane in ("axial", "coronal"):
+            plain = BatchStream(bank, batch_size=4, crop=16, flip=False, seed=2, rank=0, world=1, plane=plane)
+            biased = BatchStream(bank, batch_size=4, crop=16, flip=False, seed=2, rank=0, world=1, plane=plane,
+                                 bias_field=0.5)
+            mr0, _, _ = plain.batch(0)
+            mr1, _, _ = biased.batch(0)
+            air = mr0 == torch.tensor(background).half().float()  # the slices are float16
+            assert air.any() and (~air).any()
+            assert torch.allclose(mr1[air], mr0[air], atol=1e-3), (background, plane)
+            assert not torch.allclose(mr1[~air], mr0[~air])

@@ -119,7 +119,8 @@ def test_step_flops_are_the_trainers_own_step(gan):
     from torch.utils.flop_counter import FlopCounterMode
 
     from medtrans.models import Discriminator
-    from medtrans.training.trainer import TrainStep, count_step_flops, optimizers
+    from medtrans.training.profiling import count_step_flops
+    from medtrans.training.step import TrainStep, optimizers
 
     cfg = load_config(None, overrides=[*TINY, f"train.gan_weight={gan}", "train.batch_size=3"])
     torch.manual_seed(0)
@@ -157,7 +158,7 @@ def test_train_logs_throughput_and_utilisation(prepared, tmp_path, monkeypatch):
 
 
 def test_gpu_profile_is_chosen_on_cuda_only_without_a_config():
-    from medtrans.training.trainer import choose_profile
+    from medtrans.config import choose_profile
 
     assert choose_profile(None, resume=False, device="auto", cuda_available=True)[0] == "gpu"
     assert choose_profile(None, resume=False, device="cuda:1", cuda_available=True)[0] == "gpu"
@@ -229,3 +230,8 @@ def test_time_budget_fixes_the_lr_horizon_and_resume_keeps_it(prepared, tmp_path
         train(prepared, tmp_path / "run", cfg, stop_step=horizon, resume=True, device="cpu", progress=False)
         logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
         assert [r["lr"] for r in logs if "lr" in r][-1] == 0.0
+    # the budgeted schedule has ended: a resume without --max-minutes used to train on at learning rate 0
+    from medtrans.training.trainer import NothingToTrain
+
+    with pytest.raises(NothingToTrain, match=f"budgeted schedule ended at step {horizon}"):
+        train(prepared, tmp_path / "run", cfg, stop_step=horizon + 5, resume=True, device="cpu", progress=False)

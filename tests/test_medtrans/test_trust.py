@@ -152,4 +152,4 @@ def test_ensemble_of_runs_averages_and_spreads(head_model, tmp_path):
     assert res["status"] == "ok" and res["models"] == 2 and res["uncertainty"]["models"] == 2
     record = json.loads((tmp_path / "sct" / "h2" / "sct.json").read_text())
     single = convert_cohort(run, test_cohort, tmp_path / "sct1", device="cpu", progress=False)[0]
-    assert record["provenance"]["bundle_sha256"] != single["provenance"]["bundle_sha256"]
+    assert record["provenance"]["inputs"]["model"] != single["provenance"]["inputs"]["model"]
