@@ -22,7 +22,7 @@ from medtrans.data_prep.checks import modality_flags
 from medtrans.data_prep.masks import BODY_HU, body_mask, dice
 from medtrans.data_prep.pyramid import Pyramid, build_pyramid, require_registrable, sitk_threads
 from medtrans.data_prep.registration import RegistrationResult, register_ct_to_mr, resample_ct
-from medtrans.data_prep.registration_check import RegistrationCheck, registration_disagreement
+from medtrans.data_prep.registration_check import RegistrationCheck, pairing_gain, registration_disagreement
 from medtrans.data_prep.slices import SliceStack, extract_slices
 from medtrans.errors import InputError
 from medtrans.fsutil import atomic_path
@@ -174,13 +174,13 @@ def prepare_case(case: Case, out_dir: Path, cfg: Config) -> dict[str, Any]:
     if check is not None:
         timings["registration_check"] = check.seconds
     return case_record(case, mr_vol, ct_vol, reg, check, ct_reg, mask_source, stack, keep, grid, spec, mr_stats,
-                       timings)
+                       timings, cfg)
 
 
 def case_record(case: Case, mr_vol: Volume, ct_vol: Volume, reg: Registered, check: RegistrationCheck | None,
-                ct_reg: sitk.Image, mask_source: str,
-                stack: SliceStack, keep: np.ndarray, grid: sitk.Image | None, spec: MRNormalization,
-                mr_stats: dict[str, float], timings: dict[str, float]) -> dict[str, Any]:
+                ct_reg: sitk.Image, mask_source: str, stack: SliceStack, keep: np.ndarray, grid: sitk.Image | None,
+                spec: MRNormalization, mr_stats: dict[str, float], timings: dict[str, float],
+                cfg: Config) -> dict[str, Any]:
     """The case's ``record.json`` (the manifest gathers them)."""
     mr, result = mr_vol.image, reg.result
     overlap = dice(sitk.GetArrayViewFromImage(ct_reg) > BODY_HU,
@@ -204,6 +204,8 @@ def case_record(case: Case, mr_vol: Volume, ct_vol: Volume, reg: Registered, che
                                                                             "start": (check.start or {}).get(
                                                                                 "orientation")},
                "body_dice_ct_vs_mr": overlap, "mask_source": mask_source,
+               "pairing_mi_gain": pairing_gain(reg.pyramid, result.transform, cfg.prepare)
+               if cfg.prepare.registration != "none" else None,
                "input_flags": [f.to_dict() for f in modality_flags(mr, ct_vol.image)]},
         "slices": {"files": list(SLICE_FILES), "shape": list(stack.mr.shape), "window": list(stack.window),
                    "keep": keep.tolist(), "grid": geometry_of(grid if grid is not None else mr)},

@@ -9,12 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medtrans.config import Config
-from medtrans.qa import Flag
-
-#: A CT in HU has air: at least this share of its voxels below -500 HU (the outside of the body, sinuses, lungs).
-CT_MIN_AIR_FRACTION = 0.005
-#: An MR has (almost) no strongly negative values; a "MR" with this share below -200 is a CT in HU.
-MR_MAX_NEGATIVE_FRACTION = 0.05
+from medtrans.qa import CT_MIN_AIR_FRACTION, Flag, looks_like_ct
 
 
 def modality_flags(mr: sitk.Image, ct: sitk.Image) -> list[Flag]:
@@ -25,10 +20,9 @@ def modality_flags(mr: sitk.Image, ct: sitk.Image) -> list[Flag]:
         flags.append(Flag("ct_not_in_hu", "warning",
                           f"only {100 * air:.2f} % of the CT is below -500 HU (air): it does not look like a CT in HU "
                           "(MR and CT swapped, or values stored without their rescale?)"))
-    negative = float(np.mean(sitk.GetArrayViewFromImage(mr) < -200))
-    if negative > MR_MAX_NEGATIVE_FRACTION:
-        flags.append(Flag("mr_looks_like_ct", "warning",
-                          f"{100 * negative:.1f} % of the MR is below -200: it looks like a CT in HU (swapped?)"))
+    ct_like = looks_like_ct(float(np.mean(sitk.GetArrayViewFromImage(mr) < -200)))
+    if ct_like is not None:  # a warning here: the case is left out of the split, not failed
+        flags.append(Flag(ct_like.name, "warning", ct_like.reason))
     return flags
 
 
@@ -45,11 +39,27 @@ def registration_flags(mean_mm: float | None, cfg: Config) -> list[Flag]:
                  f"(limit prepare.qa_max_mm = {cfg.prepare.qa_max_mm:g} mm): the CT may be misaligned")]
 
 
+#: A pair whose registered mutual information is less than this many times that of the poses 10 mm away is flagged:
+#: another patient's CT (pseudo-pairs: 1.00-1.33 for other patients, 2.67-2.93 for the same patient; docs/trust.md).
+MIN_PAIRING_GAIN = 1.8
+
+
+def pairing_flags(gain: float | None) -> list[Flag]:
+    """The pairing check's flag, from its recorded gain (:func:`medtrans.data_prep.registration_check.pairing_gain`)."""
+    if gain is None or not gain < MIN_PAIRING_GAIN:
+        return []
+    return [Flag("pairing_doubtful", "warning",
+                 f"MR and CT fit hardly better registered than 10 mm apart (mutual information {gain:.2f}x that of the "
+                 f"shifted poses; the same patient's pseudo-pairs give 2.7-2.9, limit {MIN_PAIRING_GAIN}): is the CT another "
+                 "patient's, or another body region?")]
+
+
 def apply_qa(record: dict[str, Any], cfg: Config) -> None:
     """Set a prepared case's flags and exclusion from its recorded QA and the current QA settings."""
     qa = record["qa"]
     mm = (qa.get("registration_disagreement_mm") or {}).get("mean")
-    flags = [*qa.get("input_flags", []), *(f.to_dict() for f in registration_flags(mm, cfg))]
+    flags = [*qa.get("input_flags", []), *(f.to_dict() for f in registration_flags(mm, cfg)),
+             *(f.to_dict() for f in pairing_flags(qa.get("pairing_mi_gain")))]
     qa["flags"] = flags
     qa["excluded"] = bool(flags) and not cfg.prepare.qa_keep_flagged
 

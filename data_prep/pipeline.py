@@ -31,9 +31,10 @@ from medtrans.config import Config, load_config
 from medtrans.data_prep.case import prepare_case
 from medtrans.data_prep.checks import apply_qa, stage_notes
 from medtrans.errors import MedtransError
-from medtrans.fsutil import claim_output_dir, sweep_stale_temps, write_json
+from medtrans.fsutil import sweep_stale_temps, write_json
 from medtrans.geometry import canonical_spacing
 from medtrans.io import read_volume
+from medtrans.output_dirs import claim_output_dir, releases_outputs
 from medtrans.prepared import MANIFEST, RECORD, PreparedCase
 from medtrans.provenance import Provenance
 from medtrans.qa import Flag, flags_text
@@ -175,6 +176,7 @@ def patient_split(names: list[str], fractions: list[float], seed: int) -> dict[s
     return split
 
 
+@releases_outputs
 def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, workers: int = 1,
                    progress: bool = True, allow_nonempty: bool = False, mr_series: str | None = None,
                    ct_series: str | None = None) -> dict[str, Any]:
@@ -202,7 +204,7 @@ def prepare_cohort(input_path: str | Path, out: str | Path, cfg: Config, *, work
     cfg_dict["prepare"]["spacing"] = spacing
     cfg = load_config(None, base=cfg_dict)
     records = _run_cases(cases, out, cfg, workers=workers, progress=progress)
-    manifest = build_manifest(cases, records, cfg, input_path=input_path,
+    manifest = build_manifest(cases, records, cfg, input_path=input_path, out=out,
                               spacing={"mm": spacing or None, "source": spacing_source})
     write_json(out / MANIFEST, manifest)
     return manifest
@@ -232,8 +234,13 @@ def _run_cases(cases: list[Case], out: Path, cfg: Config, *, workers: int,
     return records
 
 
+def orphaned_cases(out: Path, current: set[str]) -> list[str]:
+    """Prepared cases of an earlier run whose input is no longer among the inputs (left in place, not in the split)."""
+    return sorted(d.name for d in out.iterdir() if d.is_dir() and d.name not in current and (d / RECORD).is_file())
+
+
 def build_manifest(cases: list[Case], records: dict[str, dict[str, Any]], cfg: Config, *, input_path: str | Path,
-                   spacing: dict[str, Any]) -> dict[str, Any]:
+                   out: Path, spacing: dict[str, Any]) -> dict[str, Any]:
     """The manifest: QA flags and exclusions from the recorded QA and the current settings, the patient split."""
     for r in records.values():
         if r["status"] == "ok":
@@ -253,6 +260,7 @@ def build_manifest(cases: list[Case], records: dict[str, dict[str, Any]], cfg: C
         "cases": [records[c.name] for c in cases],
         "excluded": [{"case": n, "flags": records[n]["qa"]["flags"]} for n in excluded],
         "failed": [{"case": n, "error": r["error"]} for n, r in records.items() if r["status"] != "ok"],
+        "orphaned": orphaned_cases(Path(out), set(records)),
     }
 
 
@@ -277,4 +285,6 @@ def summary_table(manifest: dict[str, Any]) -> str:
                         f"{'-' if mm is None else f'{mm:.1f}':>6} {r['timings_s']['total']:>7.1f}  {'; '.join(notes)}")
         else:
             rows.append(f"{r['case']:<24} {'FAILED':<8} {'-':<8} {'':>6} {'':>7}  {r['error']}")
+    rows += [f"{name:<24} {'orphaned':<8} {'-':<8} {'':>6} {'':>7}  its input is not among the inputs now (left in "
+             "place, not in the split)" for name in manifest.get("orphaned", [])]
     return "\n".join(rows)

@@ -1,8 +1,11 @@
-"""The registration QA: an independent registration on the same working grids, and how far it disagrees in mm.
+"""The registration QA: an independent registration on the same working grids, and how far it disagrees in mm; and
+the pairing check: whether MR and CT show the same patient at all.
 
-When the used transform is right, both land on the same pose (here 0.03-0.3 mm); when the CT was left misaligned,
-or the registration stopped in a local optimum or chose another orientation, they do not, and the disagreement
-approximates the misalignment (calibrated on pseudo-pairs, docs/trust.md).
+When the used transform is right, both registrations land on the same pose (here 0.03-0.3 mm); when the CT was left
+misaligned, or the registration stopped in a local optimum or chose another orientation, they do not, and the
+disagreement approximates the misalignment (calibrated on pseudo-pairs, docs/trust.md). Another patient's CT
+registers just as consistently (the two registrations agree on the best, poor, fit); what gives it away is how little
+its alignment matters: :func:`pairing_gain`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import SimpleITK as sitk
 
 from medtrans.config import PrepareConfig
 from medtrans.data_prep.pyramid import Pyramid, sitk_threads
-from medtrans.data_prep.registration import register_pyramid
+from medtrans.data_prep.registration import metric_at, register_pyramid
 
 #: The independent check starts this far from its own start (mm along each axis, degrees about z).
 CHECK_SHIFT_MM = (2.0, -2.0, 1.5)
@@ -68,3 +71,29 @@ def registration_disagreement(pyramid: Pyramid, used: sitk.Transform, cfg: Prepa
                              independent.start)
 
 
+
+
+#: Shifts (mm) of the pairing check's reference poses, along each axis both ways.
+PAIRING_SHIFT_MM = 10.0
+PAIRING_SAMPLES = 50_000
+
+
+def pairing_gain(pyramid: Pyramid, used: sitk.Transform, cfg: PrepareConfig) -> float:
+    """Mutual information at the registered pose divided by its mean at the six poses shifted by
+    :data:`PAIRING_SHIFT_MM` (the finest working grid, the same samples).
+
+    The same patient's images fit sharply: shifting the CT by a centimetre costs most of the information they share
+    (pseudo-pairs of four real CTs, registered: 2.67-2.93, ``benchmarks/pairing.py``). Another patient's CT never
+    fits: the best pose is hardly better than a shifted one (1.00-1.33). The ratio is the pair's own, whatever the MR's contrast.
+    """
+    with sitk_threads(cfg.registration_threads):
+        at_pose = metric_at(pyramid.finest, used, PAIRING_SAMPLES, cfg.registration_seed)
+        shifted = []
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                offset = [0.0, 0.0, 0.0]
+                offset[axis] = sign * PAIRING_SHIFT_MM
+                moved = sitk.CompositeTransform([used, sitk.TranslationTransform(3, offset)])
+                shifted.append(metric_at(pyramid.finest, moved, PAIRING_SAMPLES, cfg.registration_seed))
+    reference = float(np.nanmean(shifted)) if np.isfinite(shifted).any() else float("nan")
+    return at_pose / reference if reference < 0 else float("inf")

@@ -17,7 +17,8 @@ import numpy as np
 
 from medtrans.errors import MedtransError
 from medtrans.evaluation.evaluate import bootstrap_ci, evaluate_method, load_pair
-from medtrans.fsutil import atomic_path, claim_output_dir, sanitize_name, write_json, write_text
+from medtrans.fsutil import atomic_path, sanitize_name, write_json, write_text
+from medtrans.output_dirs import claim_output_dir, releases_outputs
 
 #: Metrics compared (higher is better for psnr and the SSIMs, lower for the errors).
 COMPARED = ("mae", "psnr", "ssim", "ms_ssim", "mae_bone")
@@ -67,6 +68,7 @@ def paired_test(baseline: np.ndarray, other: np.ndarray) -> dict[str, Any]:
     return {"n": int(diff.size), "mean_diff": float(diff.mean()), "ci95": [lo, hi], "p_wilcoxon": p}
 
 
+@releases_outputs
 def compare(preds: dict[str, Path], ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
             split: str | None = None, resample: bool = False, progress: bool = True,
             allow_nonempty: bool = False) -> dict[str, Any]:

@@ -17,14 +17,15 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from medtrans.cohort import find_role_file
+from medtrans.cohort import case_name, find_role_file
 from medtrans.errors import GeometryError, InputError, MedtransError
 from medtrans.formats import SCT_OUTPUTS, find_sct, find_uncertainty, sct_record
-from medtrans.fsutil import atomic_path, claim_output_dir, sanitize_name, write_json
+from medtrans.fsutil import atomic_path, write_json
 from medtrans.geometry import on_grid_of, require_same_grid, same_grid
 from medtrans.intensity import AIR_HU
 from medtrans.io import read_volume
 from medtrans.metrics import PROTOCOLS, compute_metrics
+from medtrans.output_dirs import claim_output_dir, releases_outputs
 from medtrans.prepared import CT_FILE, PreparedDataset
 
 #: The reference CT of a case: a cohort's ``ct.*``, or a prepared dataset's registered CT.
@@ -58,7 +59,7 @@ def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[
     wanted = split or "test"
     pairs = []
     for d in sorted(p for p in ref.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        name = sanitize_name(d.name)
+        name = case_name(d.name)
         case_split = splits.get(name) if splits is not None else None
         if splits is not None and wanted != "all" and case_split != wanted:
             continue
@@ -184,6 +185,7 @@ def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: st
                            progress=progress, allow_nonempty=allow_nonempty)[0]
 
 
+@releases_outputs
 def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
                     split: str | None = None, resample: bool = False, report: bool = True, progress: bool = True,
                     allow_nonempty: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

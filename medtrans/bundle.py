@@ -116,10 +116,10 @@ def load_bundle(path: str | Path) -> Bundle:
     weights = folder / "model.pt"
     if not weights.is_file():
         raise DatasetError("model.pt is missing", path=folder)
+    state = load_torch(weights, what="the model's weights")  # first: a damaged file is reported as damaged
     if meta.get("model_sha256") and meta["model_sha256"] != sha256_of(weights):
         raise DatasetError("model.pt does not belong to this bundle.json: its SHA-256 differs from the one recorded "
                            "when the model was saved (weights copied from another model or run?)", path=weights)
-    state = load_torch(weights, what="the model's weights")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DatasetError("the model's weights are not a state dict of tensors", path=weights)
     known = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -179,7 +179,7 @@ def convert(
     for r in results:
         if r["status"] == "failed":
             note = r["error"]
-        elif r["status"] == "skipped":
+        elif r["status"] in ("skipped", "orphaned"):
             note = r["reason"]
         else:
             note = f"{r['timings_s']['total']:.1f}s" + ("" if r["reason"] == "new" else f"  redone: {r['reason']}")
@@ -189,7 +189,8 @@ def convert(
                 note += "  " + flags_text([Flag.from_dict(f) for f in r["flags"]])
         typer.echo(f"{r['case']:<28} {r['status']:<8} {note}")
     failed = [r for r in results if r["status"] == "failed"]
-    typer.echo(f"{len(results) - len(failed)} converted or skipped, {len(failed)} failed -> {out}")
+    done = sum(r["status"] in ("ok", "skipped") for r in results)
+    typer.echo(f"{done} converted or skipped, {len(failed)} failed -> {out}")
     if failed:
         raise typer.Exit(1)
 
@@ -255,11 +256,17 @@ def demo(
     run_demo(out, config=config, overrides=set_, device=device)
 
 
+#: The line a user sees after Ctrl-C (the exit status is 130, as for any program a SIGINT ended).
+INTERRUPTED = "medtrans: interrupted; rerun the same command to resume"
+
+
 def main() -> None:
     """Entry point of the ``medtrans`` console script."""
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:
+            if code == 130:  # typer turns Ctrl-C into exit status 130 without a word
+                print(INTERRUPTED, file=sys.stderr)
             sys.exit(code)
     except MedtransError as exc:
         if _state["debug"]:
@@ -275,7 +282,7 @@ def main() -> None:
         print(f"medtrans: error: {where}{exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("medtrans: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     except typer.Abort:
         sys.exit(1)

@@ -49,6 +49,19 @@ class Case:
     errors: list[str] = field(default_factory=list)
 
 
+def case_name(folder_name: str) -> str:
+    """A case's name from its folder's: the name itself when it is a safe path component; otherwise its sanitized
+    form with a short hash of the original, so that two folders never share a name and adding a case never renames
+    another (``Patiënt 01`` and ``Patiënt_01`` sanitize alike).
+
+    Example:
+        >>> case_name("p01"), case_name("Patiënt 01") != case_name("Patiënt_01")
+        ('p01', True)
+    """
+    safe = sanitize_name(folder_name)
+    return safe if safe == folder_name else f"{safe}-{hashlib.sha1(folder_name.encode()).hexdigest()[:6]}"
+
+
 def find_role_file(folder: Path, *stems: str) -> Path | None:
     """The ``<stem><suffix>`` volume file in ``folder`` for the first stem that has one.
 
@@ -115,7 +128,7 @@ def case_from_folder(folder: Path, *, mr_series: str | None = None, ct_series: s
 
     Returns None for a folder that holds no MR/CT file, no ``mr``/``ct`` folder and no DICOM: not a case.
     """
-    case = Case(name=sanitize_name(folder.name), folder=folder)
+    case = Case(name=case_name(folder.name), folder=folder)
     for role in ("mr", "ct", "mask"):
         try:
             f = find_role_file(folder, role)
@@ -156,10 +169,10 @@ def discover(path: str | Path, *, mr_series: str | None = None, ct_series: str |
         for suffix in VOLUME_SUFFIXES:
             if stem.lower().endswith(suffix):
                 stem = stem[: -len(suffix)]
-        return [Case(name=sanitize_name(stem), folder=path.parent, mr=Source(path))]
+        return [Case(name=case_name(stem), folder=path.parent, mr=Source(path))]
     direct = scan_dicom(path)
     if direct:  # a DICOM series folder itself
-        case = Case(name=sanitize_name(path.name), folder=path)
+        case = Case(name=case_name(path.name), folder=path)
         _dicom_sources(direct, path, case, {"mr": mr_series, "ct": ct_series})
         if case.mr is None and not case.errors:
             raise DicomSeriesError("holds DICOM but no MR series", path=path)
@@ -171,9 +184,7 @@ def discover(path: str | Path, *, mr_series: str | None = None, ct_series: str |
     if not cases:
         raise InputError("holds no cases (no case folders with mr/ct images or DICOM series)", path=path)
     names = [c.name for c in cases]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        for c in cases:
-            if c.name in dupes:
-                c.name = sanitize_name(f"{c.name}_{hashlib.sha1(c.folder.name.encode()).hexdigest()[:6]}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:  # only a folder literally named like another's sanitized form with its hash
+        raise InputError(f"holds case folders whose names collide ({', '.join(dupes)}); rename one of them", path=path)
     return cases

@@ -31,12 +31,13 @@ from medtrans.config import Config
 from medtrans.dicom_out import new_link, write_dicom_series
 from medtrans.errors import InputError, MedtransError
 from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remove_outputs, sct_record
-from medtrans.fsutil import claim_output_dir, sha256_of, sweep_stale_temps, write_json
+from medtrans.fsutil import sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
 from medtrans.inference import UNCERTAINTY_PASSES, FusedPredictor, Stopwatch, pick_device, predictor_from_bundle
 from medtrans.intensity import AIR_HU, mr_foreground, normalize_mr_with_foreground
 from medtrans.io import Volume, read_volume, require_signal, write_volume
 from medtrans.modes import Mode, check_mode
+from medtrans.output_dirs import claim_output_dir, releases_outputs
 from medtrans.provenance import Provenance
 from medtrans.qa import Flag, flags_text, input_flags, mr_profile
 
@@ -234,6 +235,7 @@ def convert_case(case: Case, out_dir: Path, job: ConvertJob, prov: Provenance) -
     return record
 
 
+@releases_outputs
 def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path, out: str | Path, *,
                    fmt: str = "nifti", device: str = "auto", batch_size: int = 0, shard: str | None = None,
                    overwrite: bool = False, tta: bool = False, progress: bool = True, allow_nonempty: bool = False,
@@ -285,4 +287,11 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
         except Exception as exc:
             results.append({"case": case.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                             "traceback": traceback.format_exc(limit=4)})
-    return results
+    return results + orphans(out, {c.name for c in cases}, record=SCT_RECORD)
+
+
+def orphans(out: Path, current: set[str], *, record: str) -> list[dict[str, Any]]:
+    """Case folders of an earlier run whose input is no longer among the inputs (left in place, and said)."""
+    found = sorted(d.name for d in out.iterdir() if d.is_dir() and d.name not in current and (d / record).is_file())
+    return [{"case": name, "status": "orphaned", "reason": "its input is not among the inputs now (left in place)"}
+            for name in found]

@@ -13,7 +13,7 @@ from typing import Any
 from medtrans.config import load_config
 from medtrans.errors import MedtransError
 from medtrans.formats import SCT_OUTPUTS
-from medtrans.fsutil import MARKER, claim_output_dir
+from medtrans.output_dirs import MARKER, claim_output_dir, releases_outputs
 from medtrans.prepared import PreparedDataset
 
 DEMO_CASES = 6
@@ -30,6 +30,7 @@ def _lookup_baseline(prep: Path, manifest: dict[str, Any], out: Path, spec) -> N
         write_volume(lookup_sct(lookup, dataset.case(name).read("mr"), spec), out / name / SCT_OUTPUTS["nifti"])
 
 
+@releases_outputs
 def run_demo(out: str | Path, *, config: str | Path = "demo", overrides: list[str] | None = None,
              device: str = "auto", cases: int = DEMO_CASES, progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out`` (replaced if it holds an earlier demo) and return the two summaries."""

@@ -1,13 +1,14 @@
 """Filesystem helpers: verified atomic writes, output folders a command can claim, safe names, content hashes.
 
-The output contract every command follows: nothing appears under its final name unless it was written
-completely (a temporary file, checked, then renamed), and a command writes only into a folder that is
-empty or holds its own earlier output (recognised by :data:`MARKER`).
+The output contract every command follows: nothing appears under its final name unless it was written completely
+(a temporary file, checked, then renamed); the folders a command writes into are claimed by
+:mod:`medtrans.output_dirs`. What is written gets the permissions the user's umask gives a new file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -16,11 +17,10 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import medtrans
 from medtrans.errors import DatasetError, OutputError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -39,9 +39,45 @@ def sanitize_name(name: str) -> str:
     return cleaned[:100] or "case"
 
 
+#: Below this much free space a failed write is reported as the full disk it almost surely was (MB).
+FULL_DISK_MB = 64
+
+
 def _write_failed(path: Path, exc: BaseException) -> OutputError:
+    """One line for a failed write; a library's internal message (torch's zip writer says "[enforce fail ...
+    unexpected pos]") gives way to what happened when the file system is (nearly) full."""
+    import errno
+
+    free = _free_mb(path)
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or (free is not None and free < FULL_DISK_MB):
+        return OutputError(f"could not be written: no space left on the device ({free:.0f} MB free)"
+                           if free is not None else "could not be written: no space left on the device", path=path)
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:200]
     return OutputError(f"could not be written: {reason}", path=path)
+
+
+def _free_mb(path: Path) -> float | None:
+    for folder in (path.parent, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free / 2**20
+            except OSError:
+                return None
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def umask() -> int:
+    """The process's umask (read from /proc where it can be, so that it is never set to 0 even for a moment)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -74,6 +110,7 @@ def atomic_path(final: str | Path, *, verify: Callable[[Path], None] | None = No
         yield tmp_path
         if verify is not None:
             verify(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~umask())  # mkstemp made it 0600: give it what a new file would get
         os.replace(tmp_path, final)
     except OSError as exc:
         raise _write_failed(final, exc) from None
@@ -93,6 +130,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
         raise _write_failed(final, exc) from None
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp made it 0700
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -184,66 +222,16 @@ def load_torch(path: str | Path, *, what: str) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" in str(exc):  # a well-formed pickle that names code to run: refused
+        if "unsupported global" in str(exc).lower():  # a well-formed pickle that names code to run: refused
             raise DatasetError(
-                f"refused as {what}: it holds objects other than tensors and plain values (it may not come from "
-                "medtrans, or may be unsafe to load)", path=path) from None
+                f"refused as {what}: it holds objects other than tensors and plain values (code or classes it would "
+                "run on loading; it may not come from medtrans, or may be unsafe to load)", path=path) from None
         raise DatasetError(f"cannot be loaded as {what}: it is damaged or not a PyTorch weights file",
                            path=path) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise DatasetError(f"cannot be loaded as {what}: it is damaged or not a PyTorch weights file ({first})",
                            path=path) from None
-
-
-#: The file by which a command recognises a folder it wrote: ``{"kind": <command>, "medtrans": <version>}``.
-MARKER = ".medtrans.json"
-
-
-def _overlaps(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
-
-
-def claim_output_dir(out: str | Path, *, kind: str, inputs: Iterable[str | Path] = (),
-                     signatures: Iterable[str] = (), allow_nonempty: bool = False) -> Path:
-    """Make ``out`` ready to hold ``kind``'s output, or raise one clear error.
-
-    ``out`` may be absent, empty, or hold this command's own earlier output (its :data:`MARKER`, or for
-    folders written before the marker existed one of the ``signatures`` glob patterns). A folder holding
-    anything else is refused unless ``allow_nonempty``; ``out`` may never be, contain or lie inside an input.
-
-    Raises:
-        OutputError: a file where a folder is needed, overlap with an input, another command's or a user's
-            folder, or a folder that cannot be written.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is a file; --out must be a folder", path=out)
-    resolved = out.resolve()
-    for inp in inputs:
-        if _overlaps(resolved, Path(inp).resolve()):
-            raise OutputError(f"overlaps the input {inp}; choose an output folder outside the inputs", path=out)
-    marker = out / MARKER
-    if marker.is_file():
-        try:
-            owner = json.loads(marker.read_text()).get("kind")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            owner = None
-        if owner != kind:
-            raise OutputError(f"holds medtrans {owner or 'unknown'} output, not {kind} output; choose another "
-                              "folder", path=out)
-    elif out.is_dir() and any(not e.name.startswith(".") for e in out.iterdir()):
-        ours = any(next(out.glob(pattern), None) is not None for pattern in signatures)
-        if not ours and not allow_nonempty:
-            raise OutputError(f"is not empty and was not written by medtrans {kind}; choose a new or empty folder "
-                              "(or pass --allow-nonempty-out to write into it anyway)", path=out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _write_failed(out, exc) from None
-    if not marker.is_file():
-        write_json(marker, {"kind": kind, "medtrans": medtrans.__version__})
-    return out
 
 
 def _json_default(obj: Any) -> Any:

@@ -78,11 +78,13 @@ def mr_profile(mr: sitk.Image, spec: MRNormalization, *, normalized: sitk.Image 
             array_axis = 2 - image_axis
             idx = np.flatnonzero(fg.any(axis=tuple(a for a in range(3) if a != array_axis)))
             extent[int(np.argmax(d[:, image_axis]))] = float((int(idx[-1]) - int(idx[0]) + 1) * sp)
-    raw_sample = np.maximum(statistics_sample(raw), 0).astype(np.float32)
+    signed = statistics_sample(raw)
+    raw_sample = np.maximum(signed, 0).astype(np.float32)
     values = raw_sample[in_fg] if any_fg else raw_sample
     return {"histogram": (hist / max(1, hist.sum())).tolist(), "spacing": spacing, "extent_mm": extent,
             "orientation": orientation_code(mr), "foreground_fraction": float(in_fg.mean()),
-            "variation": float(values.std() / (abs(values.mean()) + 1e-6))}
+            "variation": float(values.std() / (abs(values.mean()) + 1e-6)),
+            "below_minus_200": float(np.mean(signed < -200))}
 
 
 def js_distance(p: list[float] | np.ndarray, q: list[float] | np.ndarray) -> float:
@@ -107,6 +109,20 @@ def training_profile(profiles: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+#: A CT in HU has air: at least this share of its voxels below -500 HU (the outside of the body, sinuses, lungs).
+CT_MIN_AIR_FRACTION = 0.005
+#: An MR has (almost) no strongly negative values; an "MR" with this share below -200 is a CT in HU.
+MR_MAX_NEGATIVE_FRACTION = 0.05
+
+
+def looks_like_ct(below_minus_200: float) -> Flag | None:
+    """The flag for an "MR" whose values are a CT's in HU (magnitude MR is never strongly negative), or None."""
+    if below_minus_200 <= MR_MAX_NEGATIVE_FRACTION:
+        return None
+    return Flag("mr_looks_like_ct", "error", f"{100 * below_minus_200:.1f} % of the MR is below -200: it looks like "
+                                             "a CT in HU, not an MR (swapped files?)")
+
+
 #: How far outside the training range an input may lie before it is flagged (see docs/trust.md).
 HISTOGRAM_MARGIN = 0.1  # Jensen-Shannon distance above the largest training case's
 SPACING_FACTOR = 1.5  # spacing more than this factor outside the training range
@@ -125,6 +141,9 @@ def input_flags(profile: dict[str, Any], reference: dict[str, Any] | None, *,
     if profile["variation"] < NEAR_CONSTANT or profile["foreground_fraction"] == 0.0:
         flags.append(Flag("near_constant", "error", "the MR is (nearly) constant: no anatomy to convert"))
         return flags
+    ct_like = looks_like_ct(profile.get("below_minus_200", 0.0))
+    if ct_like is not None:  # no histogram can tell it from an unusual MR: its own check, an error
+        return [ct_like]
     if reference is None:
         return flags
     limit = max(reference["histogram_distances"]) + HISTOGRAM_MARGIN

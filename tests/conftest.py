@@ -25,6 +25,20 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def rewrite_bundle_weights(bundle: Path, state: dict) -> None:
+    """Replace a bundle's weights the way a retrain would: the new model.pt and its SHA-256 in bundle.json."""
+    import json
+
+    import torch
+
+    from medtrans.fsutil import sha256_of
+
+    torch.save(state, bundle / "model.pt")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["model_sha256"] = sha256_of(bundle / "model.pt")
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
 @pytest.fixture(scope="session")
 def aligned_cohort(tmp_path_factory) -> Path:
     from medtrans.phantom import make_cohort

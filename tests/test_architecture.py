@@ -15,7 +15,7 @@ SOURCES = {"medtrans": "medtrans", "data_prep": "medtrans.data_prep", "evaluatio
 #: Floors, bottom first: a room may import rooms on its own floor or below, never above.
 LAYERS = [
     ["medtrans", "medtrans.errors"],
-    ["medtrans.config", "medtrans.fsutil", "medtrans.geometry", "medtrans.intensity"],
+    ["medtrans.config", "medtrans.fsutil", "medtrans.output_dirs", "medtrans.geometry", "medtrans.intensity"],
     ["medtrans.io", "medtrans.metrics", "medtrans.qa", "medtrans.formats", "medtrans.prepared", "medtrans.provenance",
      "medtrans.runs", "medtrans.models"],
     ["medtrans.dicom_out", "medtrans.cohort", "medtrans.phantom", "medtrans.bundle", "medtrans.modes"],

@@ -14,8 +14,9 @@ import numpy as np
 
 from medtrans.config import Config, load_config
 from medtrans.errors import MedtransError
-from medtrans.fsutil import claim_output_dir, write_json
+from medtrans.fsutil import write_json
 from medtrans.modes import PatchMode, check_mode, slice_planes
+from medtrans.output_dirs import claim_output_dir, releases_outputs
 from medtrans.runs import ENSEMBLE_FILE, RunFolder
 from medtrans.training import distributed
 from medtrans.training.trainer import NothingToTrain, Trainer
@@ -66,7 +67,8 @@ def _open_record(run: RunFolder, prep: Path, cfg: Config, *, resume: bool, ensem
         return record["members"], load_config(None, base=record["config"])
     members = ensemble_members(cfg, ensemble=ensemble, planes=planes, seed=seed)
     if ranks.is_main:
-        claim_output_dir(run.path, kind="train-ensemble", inputs=[prep], signatures=[ENSEMBLE_FILE])
+        claim_output_dir(run.path, kind="train-ensemble", inputs=[prep], signatures=[ENSEMBLE_FILE],
+                         nonempty_option=False)
         if run.is_ensemble():
             raise MedtransError(f"{run.path} already holds an ensemble run; pass --resume to continue it")
         write_json(run.ensemble_file, {"members": members, "planes": planes, "ensemble": ensemble,
@@ -81,6 +83,7 @@ def _finished(member: RunFolder, target: int) -> dict[str, Any] | None:
     return summary if summary is not None and int(summary.get("step", 0)) >= target else None
 
 
+@releases_outputs
 def train_ensemble(prep: str | Path, out: str | Path, cfg: Config, *, ensemble: int = 1,
                    planes: list[str] | None = None, stop_step: int | None = None, max_minutes: float | None = None,
                    resume: bool = False, device: str = "auto", seed: int = 0, progress: bool = True,

@@ -26,11 +26,12 @@ from tqdm import tqdm
 
 from medtrans.config import Config, load_config
 from medtrans.errors import MedtransError
-from medtrans.fsutil import claim_output_dir, save_torch, write_json, write_text
+from medtrans.fsutil import save_torch, write_json, write_text
 from medtrans.inference import Predictor, pick_device
 from medtrans.intensity import MRNormalization
 from medtrans.models import Discriminator, Generator
 from medtrans.modes import check_mode
+from medtrans.output_dirs import claim_output_dir, releases_outputs
 from medtrans.prepared import PreparedDataset
 from medtrans.runs import RunFolder
 from medtrans.training import distributed
@@ -98,6 +99,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- the loop
 
+    @releases_outputs
     def run(self) -> dict[str, Any]:
         """Train from the start (or the checkpoint) to the stop step or the end of the budget; the summary."""
         self.start()
@@ -132,8 +134,11 @@ class Trainer:
     def start(self) -> None:
         """Claim the run folder, load the data and the checkpoint, build networks, optimizers and the schedule."""
         run, cfg = self.run_folder, self.cfg
-        claim_output_dir(run.path, kind="train", inputs=[self.prep], signatures=["checkpoints", "bundle/bundle.json"])
         self.ranks = distributed.ranks()
+        if self.ranks.is_main:  # one writer: the other ranks of a torchrun group write nothing into the folder
+            claim_output_dir(run.path, kind="train", inputs=[self.prep],
+                             signatures=["checkpoints", "bundle/bundle.json"], nonempty_option=False)
+        distributed.barrier()
         self.dev = pick_device(self.device_name)
         if self.dev.type == "cuda" and self.ranks.world > 1:
             self.dev = torch.device("cuda", self.ranks.local)

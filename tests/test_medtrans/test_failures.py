@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TINY
+from conftest import TINY, rewrite_bundle_weights
 
 from medtrans.config import load_config, resolve_config_path
 from medtrans.convert import convert_cohort
@@ -171,7 +171,7 @@ def test_convert_reruns_are_decided_by_provenance(tiny_run, prepared, tmp_path):
     state = torch.load(retrained / "model.pt", weights_only=True)
     key = next(k for k, v in state.items() if v.is_floating_point())
     state[key] = state[key] + 0.01
-    torch.save(state, retrained / "model.pt")
+    rewrite_bundle_weights(retrained, state)
     assert run(model=retrained, fmt="mha", tta=True)["reason"] == "the model changed"
     record = json.loads((out / "a" / "sct.json").read_text())
     assert record["provenance"]["settings"] == {"series_uid": None, "format": "mha", "tta_flip": True,

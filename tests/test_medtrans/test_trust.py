@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SHARED, shared_path
+from conftest import SHARED, rewrite_bundle_weights, shared_path
 
 from medtrans.config import load_config
 from medtrans.convert import convert_cohort
@@ -147,7 +147,7 @@ def test_ensemble_of_runs_averages_and_spreads(head_model, tmp_path):
 
     state = torch.load(twin / "model.pt", weights_only=True)
     state = {k: (v + 0.02 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in state.items()}
-    torch.save(state, twin / "model.pt")
+    rewrite_bundle_weights(twin, state)
     res = convert_cohort([run, twin], test_cohort, tmp_path / "sct", device="cpu", progress=False, uncertainty=True)[0]
     assert res["status"] == "ok" and res["models"] == 2 and res["uncertainty"]["models"] == 2
     record = json.loads((tmp_path / "sct" / "h2" / "sct.json").read_text())
