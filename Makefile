@@ -10,7 +10,7 @@ $(BIN)/medtrans: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# pinned CPU build (a bare `torch` would pull a multi-GB CUDA build)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,dose]'
 	touch $(BIN)/medtrans
 
 setup: $(BIN)/medtrans

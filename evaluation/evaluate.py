@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from medtrans.cohort import case_name, find_role_file
 from medtrans.errors import GeometryError, InputError, MedtransError
+from medtrans.evaluation.anatomy import bone_overlap
+from medtrans.evaluation.dose import DoseOptions
 from medtrans.formats import SCT_OUTPUTS, find_sct, find_uncertainty, sct_record
 from medtrans.fsutil import atomic_path, write_json
 from medtrans.geometry import on_grid_of, require_same_grid, same_grid
@@ -174,34 +176,76 @@ def summarize(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, Any]:
     return summary
 
 
+def score_case(pair: dict[str, Any], data: dict[str, Any], *, protocol: str, dose: DoseOptions | None,
+               unc_samples: list[np.ndarray]) -> dict[str, Any]:
+    """Every metric of one case: image (the protocol's), bone overlap, uncertainty vs error, and dose when asked."""
+    metrics: dict[str, Any] = compute_metrics(data["ct"], data["sct"], data["mask"], protocol=protocol)
+    metrics.update(bone_overlap(data["ct"], data["sct"], data["mask"], spacing=data["spacing"]))
+    if "uncertainty" in data:
+        unc_stats, sample = uncertainty_vs_error(data)
+        metrics.update(unc_stats)
+        unc_samples.append(sample)
+    if dose is not None:
+        from medtrans.evaluation.dose import case_dose
+
+        ct, sct = data["images"]
+        body = sitk.GetImageFromArray(data["mask"].astype(np.uint8))
+        body.CopyInformation(ct)
+        target_file = find_role_file(Path(pair["ct"]).parent, "target")
+        target = read_volume(target_file).image if target_file is not None else None
+        if target is not None:
+            target = sitk.Resample(target, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, target.GetPixelID())
+        dose_metrics, figure = case_dose(ct, sct, body, target, modalities=dose.modalities, spacing_mm=dose.grid_mm,
+                                         hlut=dose.hlut())
+        metrics.update(dose_metrics)
+        data["dose"] = figure
+    return metrics
+
+
+def _dose_columns_checked(dose: DoseOptions | None) -> list[str]:
+    """The dose columns, after checking (one line, before anything is read or written) that the engines are
+    installed and the HU table is usable."""
+    if dose is None:
+        return []
+    from medtrans.evaluation.dose import dose_columns, require_engine
+
+    require_engine()
+    dose.hlut()
+    return dose_columns(dose.modalities)
+
+
 def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
              split: str | None = None, resample: bool = False, report: bool = True, progress: bool = True,
-             allow_nonempty: bool = False) -> dict[str, Any]:
+             allow_nonempty: bool = False, dose: DoseOptions | None = None) -> dict[str, Any]:
     """Score the reference cases; write metrics.csv, summary.json and report.html into ``out``.
 
     ``summary["problems"]`` lists the cases that could not be scored (the CLI then exits non-zero).
     """
     return evaluate_method(pred, ref, out, protocol=protocol, split=split, resample=resample, report=report,
-                           progress=progress, allow_nonempty=allow_nonempty)[0]
+                           progress=progress, allow_nonempty=allow_nonempty, dose=dose)[0]
 
 
 @releases_outputs
 def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
                     split: str | None = None, resample: bool = False, report: bool = True, progress: bool = True,
-                    allow_nonempty: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+                    allow_nonempty: bool = False, dose: DoseOptions | None = None,
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """:func:`evaluate`, also returning the per-case rows and the case pairs (for comparisons of methods)."""
     if protocol not in PROTOCOLS:
         raise MedtransError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
     pred, ref, out = Path(pred), Path(ref), Path(out)
     if not pred.is_dir():
         raise InputError("predictions folder does not exist", path=pred)
+    dose_cols = _dose_columns_checked(dose)
     pairs = pair_cases(pred, ref, split=split)
     splits = sorted({p["split"] for p in pairs if p["split"]})
     claim_output_dir(out, kind="evaluate", inputs=[pred, ref], signatures=["summary.json"],
                      allow_nonempty=allow_nonempty)
     ssim_col = "ssim" if PROTOCOLS[protocol].ssim == "ssim" else "ms_ssim"
-    columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone"]
+    columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone", "bone_dice", "bone_hd95_mm",
+               *dose_cols]
     rows, problems, unc_samples = [], [], []
+    dose_targets: dict[str, Any] = {}
     figures: dict[str, dict[str, Any]] = {}
     if report:
         from medtrans.evaluation.report import case_figure_data, figure_cases
@@ -216,15 +260,13 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
             continue
         try:
             data = load_pair(pair, resample=resample, with_mr=report)  # read_volume rejects NaN voxels
-            metrics = compute_metrics(data["ct"], data["sct"], data["mask"], protocol=protocol)
-            if "uncertainty" in data:
-                unc_stats, sample = uncertainty_vs_error(data)
-                metrics.update(unc_stats)
-                unc_samples.append(sample)
+            metrics = score_case(pair, data, protocol=protocol, dose=dose, unc_samples=unc_samples)
         except (MedtransError, GeometryError, ValueError) as exc:
             problems.append({"case": pair["case"], "problem": str(exc)})
             continue
         rows.append({"case": pair["case"], "split": pair["split"] or "", "flags": "|".join(pair["flags"]), **metrics})
+        if dose is not None:
+            dose_targets[pair["case"]] = data["dose"]["target_record"]
         if report:  # figure data is taken now, for the best and worst so far: no volume is read twice
             figures[pair["case"]] = case_figure_data(data)
             keep = figure_cases(rows)
@@ -238,7 +280,8 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
         for r in rows:
             w.writerow({k: r.get(k, "") for k in ["case", "split", "flags", *columns]})
     summary = {"protocol": protocol, "splits": splits or None, "n_cases": len(pairs), "n_evaluated": len(rows),
-               "metrics": summarize(rows, columns), "problems": problems}
+               "metrics": summarize(rows, columns), "problems": problems,
+               **({"dose": {**dose.record(), "targets": dose_targets}} if dose is not None else {})}
     write_json(out / "summary.json", summary)
     if report:
         from medtrans.evaluation.report import write_report

@@ -29,7 +29,7 @@ def _png(fig: Figure) -> str:
 
 
 def _metric_plot(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cols = [c for c in columns if c in ("mae", "psnr", "ssim", "ms_ssim", "mae_bone")]
+    cols = [c for c in columns if c in ("mae", "psnr", "ssim", "ms_ssim", "mae_bone", "bone_dice", "bone_hd95_mm")]
     fig, axes = subplots(1, len(cols), figsize=(3 * len(cols), 3))
     axes = np.atleast_1d(axes)
     rng = np.random.default_rng(0)
@@ -38,7 +38,7 @@ def _metric_plot(rows: list[dict[str, Any]], columns: list[str]) -> str:
         if v.size:
             ax.boxplot(v, widths=0.5, showfliers=False)
             ax.scatter(1 + rng.uniform(-0.12, 0.12, v.size), v, s=14, alpha=0.7, color="tab:blue")
-        ax.set_title(col.upper())
+        ax.set_title({"bone_dice": "BONE DICE", "bone_hd95_mm": "BONE HD95 (mm)"}.get(col, col.upper()))
         ax.set_xticks([])
     fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.06, wspace=0.5)
     return _png(fig)
@@ -92,7 +92,7 @@ def case_figure_data(d: dict[str, Any]) -> dict[str, Any]:
     bc, bs = _bin_index(ct[mask]), _bin_index(sct[mask])
     both = (bc >= 0) & (bs >= 0)
     joint = np.bincount(bc[both] * HIST_BINS + bs[both], minlength=HIST_BINS**2).reshape(HIST_BINS, HIST_BINS)
-    return {"planes": planes, "joint": joint,
+    return {"planes": planes, "joint": joint, "dose": d.get("dose"),
             "hist_ct": np.bincount(bc[bc >= 0], minlength=HIST_BINS),
             "hist_sct": np.bincount(bs[bs >= 0], minlength=HIST_BINS)}
 
@@ -174,6 +174,32 @@ def _uncertainty_plot(samples: np.ndarray) -> str:
     return _png(fig)
 
 
+def _case_figures(rows: list[dict[str, Any]], figures: dict[str, dict[str, Any]]) -> list[str]:
+    parts = ["<h2 id='figures'>Cases (best and worst by MAE)</h2>"]
+    for r in sorted((r for r in rows if r["case"] in figures), key=lambda r: r["mae"]):
+        f = figures[r["case"]]
+        parts.append(f"<h3 class='case'>{html.escape(r['case'])} — MAE {r['mae']:.1f} HU</h3>"
+                     f"<img alt='montage {html.escape(r['case'])}' src='{_montage(f)}'>"
+                     f"<img alt='histograms {html.escape(r['case'])}' src='{_histograms(f)}'>")
+        if f.get("dose"):
+            from medtrans.evaluation.report_dose import dose_figure
+
+            parts.append(f"<img alt='dose {html.escape(r['case'])}' src='{dose_figure(f['dose'])}'>")
+    return parts
+
+
+def _dose_text(d: dict[str, Any]) -> str:
+    targets = {r["kind"] for r in d["targets"].values()}
+    return ("<h2 id='dose'>Dose</h2><p>For each case a plan was optimized on the CT with pyRadPlan "
+            f"({html.escape(', '.join(f'{k} {v}' for k, v in d['engine'].items()))}) and recomputed unchanged on "
+            f"the sCT: {html.escape(', '.join(d['modalities']))}; photons {len(d['photon_gantry_deg'])} coplanar "
+            f"beams, protons {len(d['proton_gantry_deg'])} fields; dose grid {d['grid_mm']:g} mm; HU table: "
+            f"{html.escape(d['hlut'])}; target: {html.escape(', '.join(sorted(targets)))}. Dose metrics in % of "
+            "the prescription (sCT − CT); gamma pass rates global, normalised to the prescription, 10 % cut-off "
+            f"({d['gamma']['sampled_voxels']} sampled voxels). Each case's dose figure is beside its images "
+            "below. See docs/metrics.md.</p>")
+
+
 def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], columns: list[str],
                  figures: dict[str, dict[str, Any]], uncertainty: np.ndarray | None = None) -> None:
     """Render ``report.html``: summary, per-case table with flags, metric plots, error vs uncertainty, and
@@ -223,13 +249,10 @@ def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], c
                      "uncertainty map's predicted spread, in deciles of the spread, pooled over the cases that have "
                      f"a map. Mean per-case Spearman correlation {_fmt(rho)} (docs/trust.md).</p>"
                      f"<img alt='error vs uncertainty' src='{_uncertainty_plot(uncertainty)}'>")
+    if summary.get("dose"):
+        parts.append(_dose_text(summary["dose"]))
     if rows:
         parts.append(f"<h2 id='plots'>Distributions</h2><img alt='metric distributions' src='{_metric_plot(rows, columns)}'>")
-        parts.append("<h2 id='figures'>Cases (best and worst by MAE)</h2>")
-        for r in sorted((r for r in rows if r["case"] in figures), key=lambda r: r["mae"]):
-            f = figures[r["case"]]
-            parts.append(f"<h3 class='case'>{html.escape(r['case'])} — MAE {r['mae']:.1f} HU</h3>"
-                         f"<img alt='montage {html.escape(r['case'])}' src='{_montage(f)}'>"
-                         f"<img alt='histograms {html.escape(r['case'])}' src='{_histograms(f)}'>")
+        parts += _case_figures(rows, figures)
     parts.append("</body></html>")
     write_text(path, "\n".join(parts))

@@ -204,16 +204,25 @@ def evaluate(
     split: Annotated[Optional[Split], typer.Option(help="With a prepared dataset: which split to score (default test).")] = None,  # noqa: UP045
     resample: Annotated[bool, typer.Option(help="Resample sCT and mask onto the CT grid instead of failing.")] = False,
     allow_nonempty_out: NonEmptyOpt = False,
+    dose: Annotated[Optional[str], typer.Option(help="Also plan on the CT and recompute on the sCT: photon, proton or photon,proton (needs the extra medtrans[dose]).")] = None,  # noqa: UP045
+    dose_grid_mm: Annotated[float, typer.Option(help="With --dose: the dose grid's spacing in mm (SynthRAD: 3-5).")] = 3.0,
+    hlut: Annotated[Optional[Path], typer.Option(help="With --dose: your scanner's HU look-up table (two columns: HU, relative electron density / stopping power).")] = None,  # noqa: UP045
 ) -> None:
     """Score sCTs against reference CTs (SynthRAD metrics) and write a report; several --pred compares methods."""
     from medtrans.evaluation.compare import compare, parse_preds
+    from medtrans.evaluation.dose import DoseOptions, parse_modalities
     from medtrans.evaluation.evaluate import evaluate as run
     from medtrans.evaluation.evaluate import one_line
 
+    if (hlut is not None or dose_grid_mm != 3.0) and not dose:
+        raise MedtransError("--hlut and --dose-grid-mm are used only with --dose")
+    if not 1.0 <= dose_grid_mm <= 10.0:
+        raise MedtransError(f"--dose-grid-mm is {dose_grid_mm:g}; it must be between 1 and 10 mm")
+    dose_options = DoseOptions(parse_modalities(dose), grid_mm=dose_grid_mm, hlut_path=hlut) if dose else None
     preds = parse_preds(pred)
     if len(preds) > 1:
         comparison = compare(preds, ref, out, protocol=protocol.value, split=split.value if split else None,
-                             resample=resample, allow_nonempty=allow_nonempty_out)
+                             resample=resample, allow_nonempty=allow_nonempty_out, dose=dose_options)
         typer.echo(f"{len(preds)} methods on {comparison['n_common']} common cases:")
         for name, means in comparison["means"].items():
             typer.echo(f"  {name:<16} " + "  ".join(f"{k} {v:.4g}" for k, v in means.items() if v is not None))
@@ -232,7 +241,7 @@ def evaluate(
             raise typer.Exit(1)
         return
     summary = run(next(iter(preds.values())), ref, out, protocol=protocol.value, split=split.value if split else None, resample=resample,
-                  allow_nonempty=allow_nonempty_out)
+                  allow_nonempty=allow_nonempty_out, dose=dose_options)
     scope = f" ({'/'.join(summary['splits'])} split)" if summary["splits"] else ""
     typer.echo(f"{summary['n_evaluated']}/{summary['n_cases']} cases{scope}: {one_line(summary)}")
     for p in summary["problems"]:
@@ -254,6 +263,24 @@ def demo(
     from medtrans.demo import run_demo
 
     run_demo(out, config=config, overrides=set_, device=device)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The parser's usage-error classes: typer >= 0.29 raises its own (it vendors click), older typer raises
+    click's (huggingface_hub, which the dose extra brings, caps typer below 0.26)."""
+    found: list[type[Exception]] = []
+    if hasattr(typer, "TyperException"):
+        found.append(typer.TyperException)
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+_USAGE_ERRORS = _usage_errors()
 
 
 #: The line a user sees after Ctrl-C (the exit status is 130, as for any program a SIGINT ended).
@@ -286,7 +313,7 @@ def main() -> None:
         sys.exit(130)
     except typer.Abort:
         sys.exit(1)
-    except typer.TyperException as exc:  # usage errors (unknown option, bad value) from typer's parser
+    except _USAGE_ERRORS as exc:  # usage errors (unknown option, bad value) from typer's parser
         if hasattr(exc, "show"):
             exc.show()
         else:

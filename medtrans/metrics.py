@@ -8,12 +8,14 @@ Definitions (see ``docs/metrics.md`` for citations):
     shifted by +1024; 7x7x7 uniform window, K1 0.01, K2 0.03, sample covariance (scikit-image
     defaults); the mean of the SSIM map over mask voxels after cropping 3 voxels at every border.
 
-``synthrad2025``: range [-1024, 3071] (data range 4095); outside-mask voxels set to -1024 in both volumes
-    before every metric; MS-SSIM over 5 scales (weights 0.0448, 0.2856, 0.3001, 0.2363, 0.1333),
-    2x2x2 mean downsampling, edge padding to at least 97 voxels per axis, masked means with a crop of 3
-    (dropped at a coarse scale whose cropped mask would be empty),
-    per-scale values clipped to [0, 1]; contrast-structure at the four finer scales, full SSIM at the
-    coarsest (Wang et al. 2003), product of the weighted powers.
+``synthrad2025`` (the challenge's evaluation code, SynthRAD2025/evaluation ``image_metrics.py``, checked against it
+    to 1e-6, docs/metrics.md): range [-1024, 3071] (data range 4095); outside-mask voxels set to -1024 in both
+    volumes. MAE over mask voxels, no clipping; PSNR clipped, over mask voxels. MS-SSIM over 5 scales (weights
+    0.0448, 0.2856, 0.3001, 0.2363, 0.1333) with the official code's quirks: at every scale the map is
+    ``L**w * C**w * S**w`` (luminance weighted too, each term clipped at 0); edge padding to at least 97 voxels per
+    axis split before/after; the masked mean of each scale's map after a 3-voxel crop; images downsampled by a
+    2x2x2 box over the voxel and its predecessor (zero before the first) and every other voxel kept, the mask by
+    keeping every other voxel; each scale's mean clipped to [0, 1]; the product of the five.
 
 Speed: SSIM is computed only inside the mask's bounding box plus the 3-voxel window radius, in float64
 (float32 loses ~1e-4 relative accuracy in the variances at HU scale), in slabs of slices run on separate
@@ -22,6 +24,7 @@ threads (bounded memory, cache-friendly); the clip/mask/shift is done per slab. 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +84,28 @@ def ssim_maps(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[np.ndarr
     return ssim, cs
 
 
+def synthrad2025_map(x: np.ndarray, y: np.ndarray, data_range: float, weight: float) -> np.ndarray:
+    """One scale's map of the SynthRAD2025 MS-SSIM: ``L**w * C**w * S**w``, each term clipped at 0.
+
+    As the official code computes it: contrast from the square roots of the (clipped) variances over their
+    unclipped sum, structure with ``C3 = C2 / 2``; C*S equals the usual contrast-structure term except that a
+    negative S is clipped to 0 (so the fractional power stays real).
+    """
+    ux, uy, uxx, uyy, uxy = (uniform_filter(j, size=WIN) for j in (x, y, x * x, y * y, x * y))
+    cov_norm = WIN**3 / (WIN**3 - 1.0)
+    vx = cov_norm * (uxx - ux * ux)
+    vy = cov_norm * (uyy - uy * uy)
+    vxy = cov_norm * (uxy - ux * uy)
+    sx, sy = np.sqrt(np.clip(vx, 0, None)), np.sqrt(np.clip(vy, 0, None))
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    c3 = c2 / 2
+    luminance = np.clip((2 * ux * uy + c1) / (ux * ux + uy * uy + c1), 0, None)
+    contrast = np.clip((2 * sx * sy + c2) / (vx + vy + c2), 0, None)
+    structure = np.clip((vxy + c3) / (sx * sy + c3), 0, None)
+    return luminance**weight * contrast**weight * structure**weight
+
+
 def _interior(mask: np.ndarray) -> np.ndarray:
     inner = np.zeros_like(mask, dtype=bool)
     core = tuple(slice(PAD, n - PAD) for n in mask.shape)
@@ -89,7 +114,7 @@ def _interior(mask: np.ndarray) -> np.ndarray:
 
 
 def masked_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, data_range: float, *, workers: int = 2,
-                which: str = "ssim", uncropped_if_empty: bool = False,
+                map_of: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
                 prepare: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> float:
     """Mean of the SSIM (or CS) map over mask voxels at least 3 voxels from every border.
 
@@ -103,9 +128,7 @@ def masked_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, data_range: 
             float64 copies are never made.
     """
     inner = _interior(mask)
-    if not inner.any() and uncropped_if_empty:
-        inner = mask.astype(bool)  # MS-SSIM's coarsest scales can be thinner than the 3-voxel crop
-    if not inner.any():
+    if not inner.any():  # as the reference's mean of an empty selection
         return float("nan")
     box = _bbox(inner, WIN // 2)
     z_inner = np.flatnonzero(inner[box].any(axis=(1, 2)))
@@ -120,8 +143,7 @@ def masked_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, data_range: 
         x, y = gt[sl].astype(np.float64), pred[sl].astype(np.float64)
         if prepare is not None:
             x, y = prepare(x, mask[sl]), prepare(y, mask[sl])
-        ssim, cs = ssim_maps(x, y, data_range)
-        chosen = ssim if which == "ssim" else cs
+        chosen = ssim_maps(x, y, data_range)[0] if map_of is None else map_of(x, y)
         core = slice(box_z0 + c0 - lo, box_z0 + c1 - lo)
         sel = inner[box_z0 + c0: box_z0 + c1, box[1], box[2]]
         return float(chosen[core][sel].sum(dtype=np.float64)), int(sel.sum())
@@ -136,28 +158,41 @@ def masked_ssim(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, data_range: 
 
 
 def _downsample(a: np.ndarray) -> np.ndarray:
-    s = tuple(n - n % 2 for n in a.shape)
-    a = a[: s[0], : s[1], : s[2]]
-    return a.reshape(s[0] // 2, 2, s[1] // 2, 2, s[2] // 2, 2).mean(axis=(1, 3, 5))
+    """The official downsampling: ``fftconvolve(a, ones((2, 2, 2)) / 8, mode="same")[::2, ::2, ::2]``, computed
+    directly (no FFT of the whole volume): along each axis, output k averages input 2k and 2k-1, with a zero before
+    the first voxel; ceil(n / 2) voxels remain."""
+    for axis in range(3):
+        a = np.moveaxis(a, axis, 0)
+        c = (a.shape[0] + 1) // 2
+        prev = np.empty((c, *a.shape[1:]))
+        prev[0] = 0.0
+        prev[1:] = a[1 : 2 * c - 1 : 2]
+        a = np.moveaxis((a[0 : 2 * c : 2] + prev) / 2, 0, axis)
+    return np.ascontiguousarray(a)
+
+
+#: The official code pads every axis to at least this many voxels (four halvings leave 7, the window size).
+MS_MIN_SIZE = 97
 
 
 def ms_ssim(gt_shifted: np.ndarray, pred_shifted: np.ndarray, mask: np.ndarray, data_range: float,
             *, workers: int = 2) -> float:
-    """Masked 3D MS-SSIM (SynthRAD2025 definition, see the module docstring)."""
-    pad = [(0, max(0, 97 - n)) for n in gt_shifted.shape]
+    """Masked 3D MS-SSIM as the SynthRAD2025 evaluation code computes it (see the module docstring).
+
+    NaN where the official code gives NaN: a scale whose mask has no voxel 3 voxels away from the border.
+    """
+    pad = [((MS_MIN_SIZE - n) // 2, MS_MIN_SIZE - n - (MS_MIN_SIZE - n) // 2) if n < MS_MIN_SIZE else (0, 0)
+           for n in gt_shifted.shape]
     x = np.pad(gt_shifted.astype(np.float64), pad, mode="edge")
     y = np.pad(pred_shifted.astype(np.float64), pad, mode="edge")
-    m = np.pad(mask.astype(np.float64), pad, mode="edge")
+    m = np.pad(mask.astype(bool), pad, mode="edge")
     values = []
-    for level in range(len(MS_WEIGHTS)):
-        which = "ssim" if level == len(MS_WEIGHTS) - 1 else "cs"
-        mb = m > 0.5
-        v = (masked_ssim(x, y, mb, data_range, workers=workers, which=which, uncropped_if_empty=True)
-             if mb.any() else float("nan"))
-        values.append(float(np.clip(v, 0.0, 1.0)))
+    for level, weight in enumerate(MS_WEIGHTS):
+        scale_map = functools.partial(synthrad2025_map, data_range=data_range, weight=weight)
+        values.append(float(np.clip(masked_ssim(x, y, m, data_range, workers=workers, map_of=scale_map), 0.0, 1.0)))
         if level < len(MS_WEIGHTS) - 1:
-            x, y, m = _downsample(x), _downsample(y), _downsample(m)
-    return float(np.prod([v**w for v, w in zip(values, MS_WEIGHTS, strict=True)]))
+            x, y, m = _downsample(x), _downsample(y), m[::2, ::2, ::2]
+    return float(np.prod(values))
 
 
 def compute_metrics(gt: np.ndarray, pred: np.ndarray, mask: np.ndarray, *, protocol: str = "synthrad2023",
@@ -222,17 +257,10 @@ def _voxel_metrics(gt: np.ndarray, pred: np.ndarray, m: np.ndarray, p: Protocol)
 
 
 def _metrics_2025(gt: np.ndarray, pred: np.ndarray, m: np.ndarray, p: Protocol, workers: int) -> dict[str, float]:
+    """MAE (unclipped), PSNR (clipped) and the rest inside the mask as for 2023; MS-SSIM on the clipped, masked and
+    shifted volumes."""
     lo, hi = p.hu_range
-    gm_all = np.where(m, np.clip(gt.astype(np.float64), lo, hi), lo)
-    sm_all = np.where(m, np.clip(pred.astype(np.float64), lo, hi), lo)
-    gm, sm = gm_all[m], sm_all[m]
-    err = sm - gm
-    out: dict[str, float] = {"mae": float(np.abs(err).mean())}
-    mse = float(np.mean((gm - sm) ** 2))
-    out["psnr"] = float("inf") if mse == 0 else float(10 * np.log10(p.data_range**2 / mse))
-    out["ms_ssim"] = ms_ssim(gm_all - lo, sm_all - lo, m, p.data_range, workers=workers)
-    out["me"] = float(err.mean())
-    for name, (a, b) in TISSUES.items():
-        sel = (gm >= a) & (gm < b)
-        out[f"mae_{name}"] = float(np.abs(err[sel]).mean()) if sel.any() else float("nan")
-    return out
+    out = _voxel_metrics(gt, pred, m, p)
+    shifted = [np.where(m, np.clip(v.astype(np.float64), lo, hi), lo) - lo for v in (gt, pred)]
+    out["ms_ssim"] = ms_ssim(*shifted, m, p.data_range, workers=workers)
+    return {k: out[k] for k in ("mae", "psnr", "ms_ssim", "me", *(f"mae_{t}" for t in TISSUES))}

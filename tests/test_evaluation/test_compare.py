@@ -30,7 +30,7 @@ def test_two_methods_compared_on_common_cases(tiny_run, prepared, tmp_path):
                         "--pred", f"lookup={tmp_path / 'lookup'}", "--ref", str(prepared), "--split", "all",
                         "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stderr  # the lookup's missing case is reported, with its reason
-    assert f"not evaluated (lookup): {cases[-1]}:" in r.stderr and "no sCT" in r.stderr.lower(), r.stderr
+    assert f"not evaluated (lookup): {cases[-1]}:" in r.stderr and "no sCT in" in r.stderr, r.stderr
     assert "lookup - model: MAE" in r.stdout and "Wilcoxon p" in r.stdout, r.stdout
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert comparison["methods"] == ["model", "lookup"] and comparison["n_common"] == len(cases) - 1

@@ -82,8 +82,43 @@ def test_2025_masks_outside_before_metrics_and_ms_ssim_orders_quality():
     a = compute_metrics(gt, noisy, mask, protocol="synthrad2025")
     b = compute_metrics(gt, worse, mask, protocol="synthrad2025")
     assert 0 < b["ms_ssim"] < a["ms_ssim"] < 1
-    clipped = np.clip(noisy, -1024, 3071) - np.clip(gt, -1024, 3071)
-    assert a["mae"] == pytest.approx(np.abs(clipped)[mask > 0].mean(), rel=1e-6)
+    # MAE is not clipped (the official code masks, then takes |CT - sCT| as it is); PSNR is
+    assert a["mae"] == pytest.approx(np.abs(noisy - gt)[mask > 0].mean(), rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(40, 50, 45), (96, 31, 120), (130, 101, 99), (17, 200, 64)])
+def test_2025_equals_the_official_definitions_on_volumes_of_varied_sizes(shape):
+    """Against the official code's definitions restated plainly (reference.py: full volumes, FFT downsampling,
+    padding split before/after, luminance weighted at every scale, decimated mask, clip [-1024, 3071]); sizes
+    under 97 are padded on one axis or several, odd sizes lose a different last voxel when halved."""
+    rng = np.random.default_rng(sum(shape))
+    gt = rng.normal(0, 600, shape).astype(np.float32)
+    gt[:, :4] = -1000
+    pred = (gt + rng.normal(30, 150, shape)).astype(np.float32)
+    pred[0, 0, 0], pred[1, 1, 1] = 5000, -3000  # outside the range: clipped for PSNR and MS-SSIM, not for MAE
+    mask = np.zeros(shape, np.uint8)
+    mask[1:-2, 6:-3, 2:-1] = 1
+    got = compute_metrics(gt, pred, mask, protocol="synthrad2025")
+    assert got["mae"] == pytest.approx(ref.mae_2025(gt, pred, mask), abs=1e-9)
+    assert got["psnr"] == pytest.approx(ref.psnr_2025(gt, pred, mask), abs=1e-9)
+    assert got["ms_ssim"] == pytest.approx(ref.ms_ssim_2025(gt, pred, mask), abs=1e-9)
+
+
+def test_2025_quirks_are_the_official_ones():
+    """A volume under 97 voxels along one axis is padded on both sides, as the official code does: padding after
+    only (the previous implementation) reads a different value."""
+    from medtrans.metrics import ms_ssim
+
+    rng = np.random.default_rng(5)
+    gt = rng.normal(1500, 400, (64, 100, 100)).clip(0, 4095)
+    pred = np.roll(gt, 1, axis=1)
+    mask = np.ones(gt.shape, bool)
+    official = ms_ssim(gt, pred, mask, 4095.0)
+    assert official == pytest.approx(ref.ms_ssim_2025(gt - 1024, pred - 1024, mask), abs=1e-9)
+    after_only = ref.ms_ssim_2025(np.pad(gt, ((0, 33), (0, 0), (0, 0)), mode="edge") - 1024,
+                                  np.pad(pred, ((0, 33), (0, 0), (0, 0)), mode="edge") - 1024,
+                                  np.pad(mask, ((0, 33), (0, 0), (0, 0)), mode="edge"))
+    assert abs(after_only - official) > 1e-4, (after_only, official)
 
 
 def test_bad_input_messages():

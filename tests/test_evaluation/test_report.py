@@ -39,7 +39,9 @@ def test_evaluate_outputs_and_report(aligned_cohort, tmp_path):
     assert "no sCT" in problems[cases[3]]
     with open(tmp_path / "eval" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["case", "split", "flags", "mae", "psnr", "ssim", "me", "mae_air", "mae_soft", "mae_bone"]
+    assert list(rows[0]) == ["case", "split", "flags", "mae", "psnr", "ssim", "me", "mae_air", "mae_soft", "mae_bone",
+                             "bone_dice", "bone_hd95_mm"]
+    assert 0.5 < float(rows[0]["bone_dice"]) <= 1 and float(rows[0]["bone_hd95_mm"]) >= 0  # the phantom has a skull
     assert float(rows[0]["me"]) == np.float64(20.0)
     s = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert set(s["metrics"]["mae"]) >= {"n", "mean", "std", "median", "iqr", "min", "max", "ci95"}
