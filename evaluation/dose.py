@@ -238,9 +238,11 @@ def case_dose(ct: sitk.Image, sct: sitk.Image, body: sitk.Image, target: sitk.Im
               ) -> tuple[dict[str, float], dict[str, Any]]:
     """Dose metrics of one case for each modality, and what the report draws (doses, target, the target record)."""
     record = {"kind": "target.nii.gz"}
-    if target is None:
-        target, record = default_target(body)
     grid = dose_grid(body, spacing_mm)
+    if target is None:  # found on the dose grid: its cost does not grow with the scan's voxel count
+        on_grid = sitk.Resample(sitk.Cast(body > 0, sitk.sitkUInt8), grid, sitk.Transform(),
+                                sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        target, record = default_target(on_grid)
     grids = on_dose_grid(ct, sct, body, target, grid)
     metrics: dict[str, float] = {}
     figure: dict[str, Any] = {"target_record": record, "target": grids["target"], "body": grids["body"],
