@@ -21,7 +21,7 @@ def dose_figure(f: dict[str, Any]) -> str:
 
     doses, target, body, rx = f["doses"], f["target"], f["body"], f["prescription"]
     z = int(np.round(np.mean(np.nonzero(target)[0])))
-    fig, axes = subplots(len(doses), 4, figsize=(13, 3.2 * len(doses)))
+    fig, axes = subplots(len(doses), 4, figsize=(14, 3.2 * len(doses)))
     axes = np.atleast_2d(axes)
     for row, (modality, (dose_ct, dose_sct)) in zip(axes, doses.items(), strict=True):
         top = 1.15 * max(float(dose_ct.max()), float(dose_sct.max()), rx)
@@ -43,5 +43,5 @@ def dose_figure(f: dict[str, Any]) -> str:
         row[3].set_ylabel("volume (%)")
         row[3].set_title("DVH", fontsize=9)
         row[3].legend(fontsize=7)
-    fig.subplots_adjust(left=0.03, right=0.98, top=0.92, bottom=0.1, wspace=0.3, hspace=0.35)
+    fig.subplots_adjust(left=0.03, right=0.98, top=0.92, bottom=0.1, wspace=0.55, hspace=0.35)
     return _png(fig)
