@@ -206,12 +206,19 @@ def working_grid(image: sitk.Image, spacing: Sequence[float | None]) -> sitk.Ima
             new[axis] = float(spacing[canonical])
     if np.allclose(new, old, rtol=1e-6, atol=0):
         return None
-    size = [max(1, round(n * o / w)) for n, o, w in zip(image.GetSize(), old, new, strict=True)]
+    return _field_of_view_grid(image, new)
+
+
+def _field_of_view_grid(image: sitk.Image, spacing: np.ndarray) -> sitk.Image:
+    """A grid over ``image``'s field of view (the same corner and axes) at ``spacing``."""
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    old = np.array(image.GetSpacing(), float)
+    size = [max(1, round(n * o / w)) for n, o, w in zip(image.GetSize(), old, spacing, strict=True)]
     edge = np.array(image.GetOrigin()) - d @ (old / 2)  # the field of view's corner
     grid = sitk.Image(size, sitk.sitkUInt8)
-    grid.SetSpacing(tuple(float(v) for v in new))
+    grid.SetSpacing(tuple(float(v) for v in spacing))
     grid.SetDirection(image.GetDirection())
-    grid.SetOrigin(tuple(float(v) for v in edge + d @ (new / 2)))
+    grid.SetOrigin(tuple(float(v) for v in edge + d @ (spacing / 2)))
     return grid
 
 
@@ -232,16 +239,7 @@ def level_grid(image: sitk.Image, mm: float) -> sitk.Image:
         >>> g.GetSize(), g.GetSpacing()
         ((128, 128, 300), (2.0, 2.0, 2.5))
     """
-    d = np.array(image.GetDirection()).reshape(3, 3)
-    old = np.array(image.GetSpacing(), float)
-    new = np.maximum(old, float(mm))
-    size = [max(1, round(n * o / w)) for n, o, w in zip(image.GetSize(), old, new, strict=True)]
-    edge = np.array(image.GetOrigin()) - d @ (old / 2)  # the field of view's corner
-    grid = sitk.Image(size, sitk.sitkUInt8)
-    grid.SetSpacing(tuple(float(v) for v in new))
-    grid.SetDirection(image.GetDirection())
-    grid.SetOrigin(tuple(float(v) for v in edge + d @ (new / 2)))
-    return grid
+    return _field_of_view_grid(image, np.maximum(np.array(image.GetSpacing(), float), float(mm)))
 
 
 def downsample_onto(image: sitk.Image, grid: sitk.Image, *, default: float = 0.0) -> sitk.Image:

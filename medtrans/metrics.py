@@ -70,13 +70,16 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
 SLAB = 16
 
 
-def ssim_maps(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[np.ndarray, np.ndarray]:
-    """SSIM and contrast-structure maps with scikit-image's default constants and sample covariance."""
+def _window_moments(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Means, variances and covariance over the 7-voxel uniform window, sample-normalized (scikit-image's)."""
     ux, uy, uxx, uyy, uxy = (uniform_filter(j, size=WIN) for j in (x, y, x * x, y * y, x * y))
     cov_norm = WIN**3 / (WIN**3 - 1.0)
-    vx = cov_norm * (uxx - ux * ux)
-    vy = cov_norm * (uyy - uy * uy)
-    vxy = cov_norm * (uxy - ux * uy)
+    return ux, uy, cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+
+
+def ssim_maps(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[np.ndarray, np.ndarray]:
+    """SSIM and contrast-structure maps with scikit-image's default constants and sample covariance."""
+    ux, uy, vx, vy, vxy = _window_moments(x, y)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
     cs = (2 * vxy + c2) / (vx + vy + c2)
@@ -91,11 +94,7 @@ def synthrad2025_map(x: np.ndarray, y: np.ndarray, data_range: float, weight: fl
     unclipped sum, structure with ``C3 = C2 / 2``; C*S equals the usual contrast-structure term except that a
     negative S is clipped to 0 (so the fractional power stays real).
     """
-    ux, uy, uxx, uyy, uxy = (uniform_filter(j, size=WIN) for j in (x, y, x * x, y * y, x * y))
-    cov_norm = WIN**3 / (WIN**3 - 1.0)
-    vx = cov_norm * (uxx - ux * ux)
-    vy = cov_norm * (uyy - uy * uy)
-    vxy = cov_norm * (uxy - ux * uy)
+    ux, uy, vx, vy, vxy = _window_moments(x, y)
     sx, sy = np.sqrt(np.clip(vx, 0, None)), np.sqrt(np.clip(vy, 0, None))
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
