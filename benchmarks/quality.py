@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from shared_data import available_patients, make_pseudo_pair
+from shared_data import available_patients, pseudo_cohort
 
 from medtrans.config import load_config
 from medtrans.convert import convert_cohort
@@ -87,11 +87,7 @@ def main() -> None:
 
     # 1. cohort: sims per patient; a patient's cases share the prefix "<patient>_"
     cohort, truth = out / "cohort", out / "truth"
-    for p, (name, ct, offset) in enumerate(patients):
-        for s in range(a.sims):
-            case = f"{name}_sim{s}"
-            if not (cohort / case / "mr.nii.gz").exists():
-                make_pseudo_pair(ct, offset, 100 * p + s, cohort / case, truth / case)
+    pseudo_cohort(cohort, truth, a.sims)
     # 2. prepare (registration included), then the patient-level split: held-out patient = test, no val
     manifest = prepare_cohort(cohort, out / "prep", cfg, workers=0, progress=False)
     if manifest["failed"]:

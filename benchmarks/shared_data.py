@@ -50,6 +50,18 @@ def make_pseudo_pair(ct: Path, hu_offset: int, seed: int, case_dir: Path, truth_
                     "--seed", str(seed), "--out", str(case_dir), "--truth", str(truth_dir), *extra], check=True)
 
 
+def pseudo_cohort(cohort: Path, truth: Path, sims: int) -> list[str]:
+    """``sims`` simulated MRs per available patient (seed 100 x patient + sim): ``cohort/<patient>_sim<s>/`` and their
+    truth; cases already made are kept. Returns the patients' labels."""
+    patients = available_patients()
+    for p, (name, ct, offset) in enumerate(patients):
+        for s in range(sims):
+            case = f"{name}_sim{s}"
+            if not (cohort / case / "mr.nii.gz").exists():
+                make_pseudo_pair(ct, offset, 100 * p + s, cohort / case, truth / case)
+    return [p[0] for p in patients]
+
+
 def clinical_ct(out: Path) -> Path | None:
     """The clinical-size CT (see the module docstring) written to ``out``; None when ../shared is absent."""
     src = SHARED / "data" / CLINICAL_DICOM

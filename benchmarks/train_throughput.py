@@ -62,7 +62,7 @@ def ref_disc():
 def step_fn(g, d, og, od, adv, amp, dev):
     def step(mr, ct, mk):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            fake = g(mr)
+            fake = g(mr)[:, :1]  # the CT channel (a medtrans generator also predicts its error)
             od.zero_grad(set_to_none=True)
             logits = d(torch.cat([torch.cat([mr[:, :1], ct], 1), torch.cat([mr[:, :1], fake.detach()], 1)])).float()
             r, f = logits.chunk(2)

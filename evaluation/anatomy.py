@@ -31,8 +31,33 @@ from medtrans.metrics import TISSUES
 BONE_HU = TISSUES["bone"][0]
 
 
-def _bone(volume: np.ndarray, mask: np.ndarray, box: tuple[slice, ...]) -> np.ndarray:
-    return (np.asarray(volume[box]) >= BONE_HU) & mask[box]
+#: SynthRAD2025's organ and bone classes per region (TotalSegmentator v2 "total" label numbers), restated from its
+#: evaluation code (SynthRAD2025/evaluation, segmentation_metrics.py): abdomen (AB) and thorax (TH) share one list.
+_TRUNK = (2, 3, 5, 6, *range(10, 15), *range(26, 51), 51, 79, *range(92, 116), 116)
+SEGMENT_CLASSES: dict[str, tuple[int, ...]] = {
+    "AB": _TRUNK,
+    "TH": _TRUNK,
+    "HN": (15, 16, 17, *range(26, 51), 79, 90, 91),
+}
+
+
+def _box(either: np.ndarray) -> tuple[slice, ...]:
+    return tuple(slice(int(i.min()), int(i.max()) + 1) for i in (np.flatnonzero(either.any(axis=tuple(
+        a for a in range(3) if a != axis))) for axis in range(3)))
+
+
+def _dice_hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
+    """MONAI's Dice and 95th-percentile Hausdorff distance (mm) of two boolean masks (z, y, x) cut to the bounding
+    box of both (every surface voxel and its nearest counterpart lie in it, so the distances are exact)."""
+    a, b = (torch.from_numpy(np.ascontiguousarray(m))[None, None] for m in (pred, ref))
+    dice = float(compute_dice(a, b, include_background=True, ignore_empty=False)[0, 0])
+    if not a.any() or not b.any():
+        return dice, float("nan")
+    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument it passes itself
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = compute_hausdorff_distance(a, b, include_background=True, percentile=95,
+                                          spacing=[float(s) for s in reversed(spacing)])
+    return dice, float(hd95[0, 0])
 
 
 def bone_overlap(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray, *, spacing: Sequence[float]) -> dict[str, float]:
@@ -53,15 +78,32 @@ def bone_overlap(ct: np.ndarray, sct: np.ndarray, mask: np.ndarray, *, spacing: 
         either[sl] = ((np.asarray(ct[sl]) >= BONE_HU) | (np.asarray(sct[sl]) >= BONE_HU)) & mask[sl]
     if not either.any():
         return {"bone_dice": float("nan"), "bone_hd95_mm": float("nan")}
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in (np.flatnonzero(either.any(axis=tuple(
-        a for a in range(3) if a != axis))) for axis in range(3)))
+    box = _box(either)
     del either
-    a, b = (torch.from_numpy(_bone(v, mask, box))[None, None] for v in (sct, ct))
-    dice = float(compute_dice(a, b, include_background=True, ignore_empty=False)[0, 0])
-    if not a.any() or not b.any():
-        return {"bone_dice": dice, "bone_hd95_mm": float("nan")}
-    with warnings.catch_warnings():  # MONAI 1.5+ warns about an argument it passes itself
-        warnings.simplefilter("ignore", FutureWarning)
-        hd95 = compute_hausdorff_distance(a, b, include_background=True, percentile=95,
-                                          spacing=[float(s) for s in reversed(spacing)])
-    return {"bone_dice": dice, "bone_hd95_mm": float(hd95[0, 0])}
+    dice, hd95 = _dice_hd95(*((np.asarray(v[box]) >= BONE_HU) & mask[box] for v in (sct, ct)), spacing)
+    return {"bone_dice": dice, "bone_hd95_mm": hd95}
+
+
+def segment_overlap(ref_labels: np.ndarray, pred_labels: np.ndarray, *, classes: Sequence[int],
+                    spacing: Sequence[float]) -> tuple[dict[str, float], dict[int, tuple[float, float]]]:
+    """Organ and bone overlap as SynthRAD2025 scores it: per class of ``classes`` present in the reference's labels
+    (the CT's segmentation), Dice and HD95 (mm) of the sCT's segmentation; then their means over those classes.
+
+    Returns:
+        ``seg_dice``, ``seg_hd95_mm`` (means; NaN where no class is present, where the official code writes 0) and
+        ``seg_classes`` (how many were scored); and per class ``(dice, hd95)``.
+    """
+    per_class: dict[int, tuple[float, float]] = {}
+    for c in classes:
+        ref = ref_labels == c
+        if not ref.any():
+            continue
+        pred = pred_labels == c
+        box = _box(ref | pred)
+        per_class[int(c)] = _dice_hd95(pred[box], ref[box], spacing)
+    if not per_class:
+        return {"seg_dice": float("nan"), "seg_hd95_mm": float("nan"), "seg_classes": 0}, per_class
+    dice = np.array([v[0] for v in per_class.values()])
+    hd = np.array([v[1] for v in per_class.values()])
+    return {"seg_dice": float(dice.mean()), "seg_hd95_mm": float(np.nanmean(hd)) if np.isfinite(hd).any() else
+            float("nan"), "seg_classes": len(per_class)}, per_class

@@ -17,12 +17,12 @@ import numpy as np
 
 from medtrans.errors import MedtransError
 from medtrans.evaluation.dose import DoseOptions
-from medtrans.evaluation.evaluate import bootstrap_ci, evaluate_method, load_pair
+from medtrans.evaluation.evaluate import bootstrap_ci, evaluate_method, extra_columns_checked, load_pair
 from medtrans.fsutil import atomic_path, sanitize_name, write_json, write_text
 from medtrans.output_dirs import claim_output_dir, releases_outputs
 
 #: Metrics compared (higher is better for psnr, the SSIMs and bone Dice, lower for the errors and distances).
-COMPARED = ("mae", "psnr", "ssim", "ms_ssim", "mae_bone", "bone_dice", "bone_hd95_mm",
+COMPARED = ("mae", "psnr", "ssim", "ms_ssim", "mae_bone", "bone_dice", "bone_hd95_mm", "seg_dice", "seg_hd95_mm",
             *(f"{m}_{k}" for m in ("photon", "proton") for k in ("gamma_22", "gamma_33", "dose_mae_pct")))
 
 
@@ -73,24 +73,23 @@ def paired_test(baseline: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 @releases_outputs
 def compare(preds: dict[str, Path], ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
             split: str | None = None, resample: bool = False, progress: bool = True,
-            allow_nonempty: bool = False, dose: DoseOptions | None = None) -> dict[str, Any]:
+            allow_nonempty: bool = False, dose: DoseOptions | None = None, segment: str | None = None
+            ) -> dict[str, Any]:
     """Evaluate every method into ``out/<name>/`` and compare them on their common cases (see the module)."""
     if len(preds) < 2:
         raise MedtransError("a comparison needs at least two --pred NAME=DIR")
     missing = [f"{name}={folder}" for name, folder in preds.items() if not folder.is_dir()]
     if missing:  # before anything is evaluated or written
         raise MedtransError(f"--pred: no such folder: {', '.join(missing)}")
-    if dose is not None:
-        from medtrans.evaluation.dose import require_engine
-
-        require_engine()
+    extra_columns_checked(dose, segment)
     ref, out = Path(ref), Path(out)
     out = claim_output_dir(out, kind="evaluate", inputs=[*preds.values(), ref], signatures=["comparison.json"],
                            allow_nonempty=allow_nonempty)
     results = {}
     for name, folder in preds.items():
         summary, rows, pairs = evaluate_method(folder, ref, out / sanitize_name(name), protocol=protocol, split=split,
-                                               resample=resample, progress=progress, dose=dose)
+                                               resample=resample, progress=progress, dose=dose,
+                                               segment=segment)
         results[name] = {"summary": summary, "rows": {r["case"]: r for r in rows},
                          "pairs": {p["case"]: p for p in pairs if "error" not in p}}
     names = list(preds)

@@ -44,6 +44,9 @@ GAMMA_SAMPLES = 20_000
 #: Default target when the case has none: a sphere of this radius (mm) around the body's deepest point.
 DEFAULT_TARGET_RADIUS_MM = 20.0
 DOSE_LEVELS = (98, 95, 50, 2)
+#: The case folder's target files: a mask volume ``target.*``, or with ``--target-roi`` a region of ``rtstruct.dcm``.
+TARGET_STEM = "target"
+RTSTRUCT_FILE = "rtstruct.dcm"
 EXTRA_HINT = "install the optional extra: pip install 'medtrans[dose]' (pyRadPlan and pymedphys)"
 
 
@@ -54,6 +57,8 @@ class DoseOptions:
     modalities: tuple[str, ...]
     grid_mm: float = DOSE_GRID_MM
     hlut_path: Path | None = None
+    #: The target as a region of the case's ``rtstruct.dcm`` (by name) instead of ``target.nii.gz``.
+    target_roi: str | None = None
 
     def hlut(self) -> np.ndarray | None:
         return read_hlut(self.hlut_path) if self.hlut_path is not None else None
@@ -62,6 +67,8 @@ class DoseOptions:
         return {"modalities": list(self.modalities), "grid_mm": self.grid_mm, "prescription_gy": PRESCRIPTION_GY,
                 "photon_gantry_deg": list(PHOTON_GANTRY), "proton_gantry_deg": list(PROTON_GANTRY),
                 "hlut": str(self.hlut_path) if self.hlut_path else "pyRadPlan's default (matRad's)",
+                "target": f"RTSTRUCT region {self.target_roi!r}" if self.target_roi else
+                f"{TARGET_STEM}.nii.gz (or another volume format), else a default sphere",
                 "gamma": {"criteria": ["2%/2mm", "3%/3mm"], "global_normalisation": "prescription",
                           "low_dose_cutoff_pct": 10, "sampled_voxels": GAMMA_SAMPLES},
                 "engine": _engine_versions()}
@@ -208,6 +215,27 @@ def gamma_pass_rate(ref: np.ndarray, ev: np.ndarray, spacing_mm: float, *, perce
     return float(100.0 * np.mean(gamma[valid] <= 1.0)) if valid.any() else float("nan")
 
 
+#: The mid planes the report draws, as (name, array axis): axial cuts z, coronal y, sagittal x.
+PLANES = (("axial", 0), ("coronal", 1), ("sagittal", 2))
+
+
+def gamma_plane(ref: np.ndarray, ev: np.ndarray, spacing_mm: float, *, axis: int, index: int, percent: float,
+                mm: float, prescription: float) -> np.ndarray:
+    """The gamma index of every reference voxel of one plane (searched in the whole evaluated volume), as a 2-D map;
+    NaN below the 10 % cut-off. The same definition as :func:`gamma_pass_rate`, without the random subset: a plane
+    is a few thousand voxels, so the report's maps cost seconds and are drawn for the cases it shows only."""
+    import pymedphys
+
+    axes = tuple(np.arange(n) * spacing_mm for n in ref.shape)
+    plane_axes = tuple(np.array([a[index]]) if k == axis else a for k, a in enumerate(axes))
+    plane = np.take(ref, [index], axis=axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gamma = pymedphys.gamma(plane_axes, plane, axes, ev, percent, mm, lower_percent_dose_cutoff=10,
+                                global_normalisation=prescription, max_gamma=2.0, quiet=True)
+    return np.squeeze(np.asarray(gamma, np.float32), axis=axis)
+
+
 def dose_metrics(dose_ct: np.ndarray, dose_sct: np.ndarray, target: np.ndarray, *, spacing_mm: float,
                  prescription: float, prefix: str) -> dict[str, float]:
     """The SynthRAD2025 dose metrics of one modality (see the module docstring), keys prefixed ``photon_``..."""
@@ -233,11 +261,31 @@ def plan_and_recompute(grids: dict[str, np.ndarray], *, modality: str, spacing_m
                                 gantry=PHOTON_GANTRY if modality == "photon" else PROTON_GANTRY, hlut=hlut)
 
 
+def case_target(case_dir: Path, ct: sitk.Image, *, roi: str | None) -> tuple[sitk.Image | None, dict[str, str]]:
+    """The case's target on the CT grid and its record: with ``roi``, that region of ``rtstruct.dcm`` (an error if
+    the file or region is missing); else ``target.*`` if there is one; else None (the default sphere follows)."""
+    from medtrans.cohort import find_role_file
+    from medtrans.io import read_volume
+    from medtrans.io.rtstruct import rtstruct_mask
+
+    if roi is not None:
+        path = case_dir / RTSTRUCT_FILE
+        if not path.is_file():
+            raise InputError(f"--target-roi {roi!r} was given but the case has no {RTSTRUCT_FILE}", path=case_dir)
+        return rtstruct_mask(path, roi, ct), {"kind": f"RTSTRUCT region {roi!r}"}
+    found = find_role_file(case_dir, TARGET_STEM)
+    if found is None:
+        return None, {}
+    target = read_volume(found).image
+    target = sitk.Resample(target, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, target.GetPixelID())
+    return target, {"kind": found.name}
+
+
 def case_dose(ct: sitk.Image, sct: sitk.Image, body: sitk.Image, target: sitk.Image | None, *,
-              modalities: Sequence[str], spacing_mm: float = DOSE_GRID_MM, hlut: np.ndarray | None = None
-              ) -> tuple[dict[str, float], dict[str, Any]]:
+              modalities: Sequence[str], spacing_mm: float = DOSE_GRID_MM, hlut: np.ndarray | None = None,
+              target_record: dict[str, str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Dose metrics of one case for each modality, and what the report draws (doses, target, the target record)."""
-    record = {"kind": "target.nii.gz"}
+    record = target_record or {"kind": "given mask"}
     grid = dose_grid(body, spacing_mm)
     if target is None:  # found on the dose grid: its cost does not grow with the scan's voxel count
         on_grid = sitk.Resample(sitk.Cast(body > 0, sitk.sitkUInt8), grid, sitk.Transform(),

@@ -69,10 +69,12 @@ def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[
             ct = find_role_file(d, *CT_NAMES)
             if ct is None:
                 continue
-            flags = ((sct_record(pred / name) or {}).get("flags")) or []
+            record = sct_record(pred / name) or {}
             pair = {"case": name, "split": case_split, "ct": ct, "mask": find_role_file(d, "mask"),
                     "mr": find_role_file(d, "mr"), "sct": find_sct(pred / name),
-                    "uncertainty": find_uncertainty(pred / name), "flags": [f["name"] for f in flags]}
+                    "uncertainty": find_uncertainty(pred / name),
+                    "flags": [f["name"] for f in record.get("flags") or []],
+                    "predicted_mae": (record.get("uncertainty") or {}).get("predicted_mae_hu")}
         except InputError as exc:  # e.g. two CT files in one case: reported, the others go on
             pair = {"case": name, "split": case_split, "error": str(exc)}
         pairs.append(pair)
@@ -151,6 +153,27 @@ def uncertainty_vs_error(data: dict[str, Any], seed: int = 0) -> tuple[dict[str,
     return {"unc_mean": float(spread.mean()), "unc_spearman": rho}, np.stack([spread[shown], err[shown]], axis=1)
 
 
+def trust_summary(rows: list[dict[str, Any]], unc_samples: list[np.ndarray]) -> dict[str, Any]:
+    """How well the uncertainty maps predict the error: the calibration error of the voxel maps (pooled samples,
+    deciles of the predicted value; meaningful for maps of expected |error|, docs/trust.md) and the Spearman
+    correlation of the predicted case MAE (convert's ``predicted_mae_hu``) with the measured one."""
+    from scipy.stats import spearmanr
+
+    from medtrans.calibration import calibration_error
+
+    out: dict[str, Any] = {}
+    if unc_samples:
+        pooled = np.concatenate(unc_samples)
+        out["voxel_calibration_error"], out["voxel_deciles"] = calibration_error(pooled[:, 0], pooled[:, 1])
+    cases = [(r["pred_mae"], r["mae"]) for r in rows if r.get("pred_mae") is not None]
+    if cases:
+        predicted, measured = np.array(cases).T
+        out["case_spearman"] = float(spearmanr(predicted, measured).statistic) if len(cases) >= 3 else None
+        out["case_mean_predicted_over_measured"] = float(predicted.mean() / measured.mean())
+        out["cases"] = len(cases)
+    return out
+
+
 def bootstrap_ci(values: np.ndarray, *, n: int = 2000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean."""
     if values.size < 2:
@@ -176,59 +199,97 @@ def summarize(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, Any]:
     return summary
 
 
+def segment_case(pair: dict[str, Any], data: dict[str, Any], *, region: str) -> dict[str, Any]:
+    """Organ and bone overlap of the sCT's TotalSegmentator labels with the CT's (the case's ``segmentation.*``,
+    else TotalSegmentator on the CT), over SynthRAD2025's classes of ``region``."""
+    from medtrans.evaluation.anatomy import SEGMENT_CLASSES, segment_overlap
+    from medtrans.evaluation.segment import SEGMENTATION_STEM, segment
+
+    ct, sct = data["images"]
+    given = find_role_file(Path(pair["ct"]).parent, SEGMENTATION_STEM)
+    if given is not None:
+        reference = sitk.Resample(read_volume(given).image, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                  sitk.sitkUInt8)
+    else:
+        reference = segment(ct)
+    scores, _ = segment_overlap(sitk.GetArrayFromImage(reference), sitk.GetArrayFromImage(segment(sct)),
+                                classes=SEGMENT_CLASSES[region], spacing=data["spacing"])
+    return scores
+
+
 def score_case(pair: dict[str, Any], data: dict[str, Any], *, protocol: str, dose: DoseOptions | None,
-               unc_samples: list[np.ndarray]) -> dict[str, Any]:
-    """Every metric of one case: image (the protocol's), bone overlap, uncertainty vs error, and dose when asked."""
+               unc_samples: list[np.ndarray], segment: str | None = None) -> dict[str, Any]:
+    """Every metric of one case: image (the protocol's), bone overlap, uncertainty vs error, and dose and organ
+    overlap when asked."""
     metrics: dict[str, Any] = compute_metrics(data["ct"], data["sct"], data["mask"], protocol=protocol)
     metrics.update(bone_overlap(data["ct"], data["sct"], data["mask"], spacing=data["spacing"]))
+    if segment is not None:
+        metrics.update(segment_case(pair, data, region=segment))
+    if pair.get("predicted_mae") is not None:  # convert's prediction of this case's MAE, from its error map
+        metrics["pred_mae"] = float(pair["predicted_mae"])
     if "uncertainty" in data:
         unc_stats, sample = uncertainty_vs_error(data)
         metrics.update(unc_stats)
         unc_samples.append(sample)
     if dose is not None:
-        from medtrans.evaluation.dose import case_dose
+        from medtrans.evaluation.dose import case_dose, case_target
 
         ct, sct = data["images"]
         body = sitk.GetImageFromArray(data["mask"].astype(np.uint8))
         body.CopyInformation(ct)
-        target_file = find_role_file(Path(pair["ct"]).parent, "target")
-        target = read_volume(target_file).image if target_file is not None else None
-        if target is not None:
-            target = sitk.Resample(target, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0, target.GetPixelID())
+        target, record = case_target(Path(pair["ct"]).parent, ct, roi=dose.target_roi)
         dose_metrics, figure = case_dose(ct, sct, body, target, modalities=dose.modalities, spacing_mm=dose.grid_mm,
-                                         hlut=dose.hlut())
+                                         hlut=dose.hlut(), target_record=record)
         metrics.update(dose_metrics)
         data["dose"] = figure
     return metrics
 
 
-def _dose_columns_checked(dose: DoseOptions | None) -> list[str]:
-    """The dose columns, after checking (one line, before anything is read or written) that the engines are
-    installed and the HU table is usable."""
-    if dose is None:
-        return []
-    from medtrans.evaluation.dose import dose_columns, require_engine
+def extra_columns_checked(dose: DoseOptions | None, segment: str | None) -> list[str]:
+    """The dose and organ-overlap columns, after checking (one line, before anything is read or written) that their
+    engines are installed, the HU table is usable and the region is known."""
+    columns = []
+    if dose is not None:
+        from medtrans.evaluation.dose import dose_columns, require_engine
 
-    require_engine()
-    dose.hlut()
-    return dose_columns(dose.modalities)
+        require_engine()
+        dose.hlut()
+        columns += dose_columns(dose.modalities)
+    if segment is not None:
+        from medtrans.evaluation.segment import REGIONS, require_segmenter
+
+        if segment not in REGIONS:
+            raise MedtransError(f"--segment takes a SynthRAD2025 region: {', '.join(REGIONS)} (got {segment!r})")
+        require_segmenter()
+        columns += ["seg_dice", "seg_hd95_mm", "seg_classes"]
+    return columns
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """One row per scored case: its name, split, QA flags and every metric column (atomically written)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["case", "split", "flags", *columns])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in ["case", "split", "flags", *columns]})
 
 
 def evaluate(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
              split: str | None = None, resample: bool = False, report: bool = True, progress: bool = True,
-             allow_nonempty: bool = False, dose: DoseOptions | None = None) -> dict[str, Any]:
+             allow_nonempty: bool = False, dose: DoseOptions | None = None, segment: str | None = None
+             ) -> dict[str, Any]:
     """Score the reference cases; write metrics.csv, summary.json and report.html into ``out``.
 
     ``summary["problems"]`` lists the cases that could not be scored (the CLI then exits non-zero).
     """
     return evaluate_method(pred, ref, out, protocol=protocol, split=split, resample=resample, report=report,
-                           progress=progress, allow_nonempty=allow_nonempty, dose=dose)[0]
+                           progress=progress, allow_nonempty=allow_nonempty, dose=dose, segment=segment)[0]
 
 
 @releases_outputs
 def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, protocol: str = "synthrad2023",
                     split: str | None = None, resample: bool = False, report: bool = True, progress: bool = True,
-                    allow_nonempty: bool = False, dose: DoseOptions | None = None,
+                    allow_nonempty: bool = False, dose: DoseOptions | None = None, segment: str | None = None,
                     ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """:func:`evaluate`, also returning the per-case rows and the case pairs (for comparisons of methods)."""
     if protocol not in PROTOCOLS:
@@ -236,14 +297,14 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
     pred, ref, out = Path(pred), Path(ref), Path(out)
     if not pred.is_dir():
         raise InputError("predictions folder does not exist", path=pred)
-    dose_cols = _dose_columns_checked(dose)
+    extra_cols = extra_columns_checked(dose, segment)
     pairs = pair_cases(pred, ref, split=split)
     splits = sorted({p["split"] for p in pairs if p["split"]})
     claim_output_dir(out, kind="evaluate", inputs=[pred, ref], signatures=["summary.json"],
                      allow_nonempty=allow_nonempty)
     ssim_col = "ssim" if PROTOCOLS[protocol].ssim == "ssim" else "ms_ssim"
     columns = ["mae", "psnr", ssim_col, "me", "mae_air", "mae_soft", "mae_bone", "bone_dice", "bone_hd95_mm",
-               *dose_cols]
+               *extra_cols]
     rows, problems, unc_samples = [], [], []
     dose_targets: dict[str, Any] = {}
     figures: dict[str, dict[str, Any]] = {}
@@ -260,7 +321,7 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
             continue
         try:
             data = load_pair(pair, resample=resample, with_mr=report)  # read_volume rejects NaN voxels
-            metrics = score_case(pair, data, protocol=protocol, dose=dose, unc_samples=unc_samples)
+            metrics = score_case(pair, data, protocol=protocol, dose=dose, unc_samples=unc_samples, segment=segment)
         except (MedtransError, GeometryError, ValueError) as exc:
             problems.append({"case": pair["case"], "problem": str(exc)})
             continue
@@ -274,14 +335,14 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
         del data
     if unc_samples:
         columns += ["unc_mean", "unc_spearman"]
-    with atomic_path(out / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["case", "split", "flags", *columns])
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in ["case", "split", "flags", *columns]})
+    if any("pred_mae" in r for r in rows):
+        columns += ["pred_mae"]
+    write_metrics_csv(out / "metrics.csv", rows, columns)
     summary = {"protocol": protocol, "splits": splits or None, "n_cases": len(pairs), "n_evaluated": len(rows),
                "metrics": summarize(rows, columns), "problems": problems,
-               **({"dose": {**dose.record(), "targets": dose_targets}} if dose is not None else {})}
+               **({"dose": {**dose.record(), "targets": dose_targets}} if dose is not None else {}),
+               **({"segment": segment_record(segment)} if segment is not None else {}),
+               **({"trust": trust_summary(rows, unc_samples)} if unc_samples or "pred_mae" in columns else {})}
     write_json(out / "summary.json", summary)
     if report:
         from medtrans.evaluation.report import write_report
@@ -289,6 +350,15 @@ def evaluate_method(pred: str | Path, ref: str | Path, out: str | Path, *, proto
         write_report(out / "report.html", rows=rows, summary=summary, columns=columns, figures=figures,
                      uncertainty=np.concatenate(unc_samples) if unc_samples else None)
     return summary, rows, pairs
+
+
+def segment_record(region: str) -> dict[str, Any]:
+    """What ``--segment`` scored, for summary.json and the report."""
+    from medtrans.evaluation.anatomy import SEGMENT_CLASSES
+    from medtrans.evaluation.segment import MODEL_FOLDER_PREFIX, SEGMENTATION_STEM
+
+    return {"region": region, "classes": list(SEGMENT_CLASSES[region]), "model": f"TotalSegmentator {MODEL_FOLDER_PREFIX}",
+            "reference": f"the case's {SEGMENTATION_STEM}.* if given, else TotalSegmentator on the CT"}
 
 
 def one_line(summary: dict[str, Any]) -> str:

@@ -156,22 +156,41 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _uncertainty_plot(samples: np.ndarray) -> str:
-    """Binned measured |sCT - CT| against the predicted spread (deciles of the spread), pooled over cases."""
-    spread, err = samples[:, 0], samples[:, 1]
-    edges = np.unique(np.percentile(spread, np.linspace(0, 100, 11)))
-    which = np.clip(np.searchsorted(edges, spread, side="right") - 1, 0, max(0, len(edges) - 2))
-    centres = [float(np.median(spread[which == b])) for b in range(len(edges) - 1) if (which == b).any()]
-    means = [float(err[which == b].mean()) for b in range(len(edges) - 1) if (which == b).any()]
-    fig, ax = subplots(figsize=(4.6, 3.6))
-    ax.plot(centres, means, "o-", label="measured mean |sCT - CT|")
-    top = max(max(centres, default=1), max(means, default=1))
-    ax.plot([0, top], [0, top], "k--", lw=0.8, label="error = spread")
-    ax.set_xlabel("predicted spread (HU, decile medians)")
-    ax.set_ylabel("mean absolute error (HU)")
-    ax.legend(fontsize=8)
-    fig.subplots_adjust(left=0.16, right=0.97, top=0.96, bottom=0.14)
+def _uncertainty_plot(trust: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The calibration curve (mean measured |sCT - CT| per decile of the map, against the decile's mean map value)
+    and, where convert predicted them, the predicted against the measured case MAE."""
+    cases = [(r["pred_mae"], r["mae"]) for r in rows if r.get("pred_mae") is not None]
+    fig, axes = subplots(1, 2 if cases else 1, figsize=(9.2 if cases else 4.6, 3.6))
+    axes = np.atleast_1d(axes)
+    deciles = np.array(trust.get("voxel_deciles") or [[0.0, 0.0]])
+    axes[0].plot(deciles[:, 0], deciles[:, 1], "o-", label="measured mean |sCT - CT|")
+    top = float(deciles.max()) or 1.0
+    axes[0].plot([0, top], [0, top], "k--", lw=0.8, label="measured = predicted")
+    axes[0].set_xlabel("uncertainty map (HU, decile means)")
+    axes[0].set_ylabel("mean absolute error (HU)")
+    axes[0].set_title(f"calibration error {_fmt(trust.get('voxel_calibration_error', float('nan')))}", fontsize=9)
+    axes[0].legend(fontsize=8)
+    if cases:
+        predicted, measured = np.array(cases).T
+        axes[1].plot(predicted, measured, "o")
+        top = float(max(predicted.max(), measured.max()))
+        axes[1].plot([0, top], [0, top], "k--", lw=0.8)
+        axes[1].set_xlabel("predicted case MAE (HU)")
+        axes[1].set_ylabel("measured case MAE (HU)")
+        rho = trust.get("case_spearman")
+        axes[1].set_title(f"Spearman {_fmt(rho) if rho is not None else '- (under 3 cases)'}", fontsize=9)
+    fig.subplots_adjust(left=0.1, right=0.97, top=0.9, bottom=0.14, wspace=0.3)
     return _png(fig)
+
+
+def _uncertainty_section(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    rho = summary["metrics"].get("unc_spearman", {}).get("mean", float("nan"))
+    trust = summary.get("trust", {})
+    return ("<h2 id='uncertainty'>Error vs uncertainty</h2><p>Measured absolute error against the uncertainty map, in "
+            "deciles of the map, pooled over the cases that have one; a map of expected |error| lies on the diagonal "
+            f"when calibrated. Mean per-case Spearman correlation (voxels) {_fmt(rho)}; calibration error (mean over "
+            f"deciles of |map − measured| / measured) {_fmt(trust.get('voxel_calibration_error', float('nan')))} "
+            f"(docs/trust.md).</p><img alt='error vs uncertainty' src='{_uncertainty_plot(trust, rows)}'>")
 
 
 def _case_figures(rows: list[dict[str, Any]], figures: dict[str, dict[str, Any]]) -> list[str]:
@@ -244,13 +263,15 @@ def write_report(path, *, rows: list[dict[str, Any]], summary: dict[str, Any], c
                      + "".join(f"<td>{_fmt(r.get(c, float('nan')))}</td>" for c in columns) + "</tr>")
     parts.append("</table>")
     if uncertainty is not None and len(uncertainty) > 10:
-        rho = summary["metrics"].get("unc_spearman", {}).get("mean", float("nan"))
-        parts.append("<h2 id='uncertainty'>Error vs uncertainty</h2><p>Measured absolute error against the "
-                     "uncertainty map's predicted spread, in deciles of the spread, pooled over the cases that have "
-                     f"a map. Mean per-case Spearman correlation {_fmt(rho)} (docs/trust.md).</p>"
-                     f"<img alt='error vs uncertainty' src='{_uncertainty_plot(uncertainty)}'>")
+        parts.append(_uncertainty_section(summary, rows))
     if summary.get("dose"):
         parts.append(_dose_text(summary["dose"]))
+    if summary.get("segment"):
+        seg = summary["segment"]
+        parts.append(f"<h2 id='segment'>Organs and bones</h2><p>{html.escape(seg['model'])} labels of the sCT "
+                     f"against {html.escape(seg['reference'])}: Dice and HD95 (mm) per class of SynthRAD2025's "
+                     f"{html.escape(seg['region'])} list present in the reference, averaged (seg_dice, seg_hd95_mm "
+                     "in the table above). See docs/metrics.md.</p>")
     if rows:
         parts.append(f"<h2 id='plots'>Distributions</h2><img alt='metric distributions' src='{_metric_plot(rows, columns)}'>")
         parts += _case_figures(rows, figures)

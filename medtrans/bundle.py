@@ -124,7 +124,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise DatasetError("the model's weights are not a state dict of tensors", path=weights)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     try:
-        model = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+        # bundles written before the error output had none (the field's default is on for new trainings)
+        model = ModelConfig(**{"predict_error": False, **{k: v for k, v in meta["model"].items() if k in known}})
     except (KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"bundle.json has no valid 'model' section: {exc}", path=folder) from None
     return Bundle(model=model, mr_normalization=MRNormalization.from_dict(meta["mr_normalization"]),

@@ -121,6 +121,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the weights and the data stream.")] = 0,
     ensemble: Annotated[int, typer.Option(min=1, help="Train this many members (seeds seed..seed+K-1) into one run folder; convert averages them.")] = 1,
     planes: Annotated[Optional[str], typer.Option(help="Slice planes of the members, e.g. axial,coronal,sagittal (tri-planar 2.5D, fused by convert).")] = None,  # noqa: UP045
+    folds: Annotated[int, typer.Option(min=0, help="K-fold cross-validation over the prepared cases: one model per fold, out-of-fold sCTs in RUN/oof for every case; convert fuses the fold models.")] = 0,
 ) -> None:
     """Train the MONAI U-Net generator (L1; --config pix2pix adds the PatchGAN; --config 3d a 3D patch model).
     Several GPUs: torchrun. --ensemble/--planes train several members; a time budget is shared among them."""
@@ -138,12 +139,19 @@ def train(
         typer.echo(profile)
     cfg = load_config(config, overrides=set_, base=base)
     check_mode(cfg)  # a model the modes cannot train fails here, before any work
-    if ensemble > 1 or planes or RunFolder(out).is_ensemble():
+    if ensemble > 1 or planes or folds or RunFolder(out).is_ensemble():
         plane_list = [p.strip() for p in planes.split(",") if p.strip()] if planes else None
         summary = train_ensemble(data, out, cfg, ensemble=ensemble, planes=plane_list, stop_step=max_steps,
-                                 max_minutes=max_minutes, resume=resume, device=device, seed=seed, profile=profile)
+                                 max_minutes=max_minutes, resume=resume, device=device, seed=seed, profile=profile,
+                                 folds=folds)
         typer.echo(f"{len(summary['members'])} members: " + ", ".join(
             f"{m['member']} (step {m['step']})" for m in summary["members"]) + f"; convert --model {out}")
+        oof = summary.get("out_of_fold")
+        if oof:
+            typer.echo(f"out-of-fold sCTs of {oof['cases']} case(s) in {oof['folder']}: evaluate --pred "
+                       f"{oof['folder']} --ref {data} --split all")
+            for r in oof["failed"]:
+                typer.echo(f"  out-of-fold sCT failed: {r['case']}: {r['error']}", err=True)
         return
     result = run(data, out, cfg, stop_step=max_steps, max_minutes=max_minutes, resume=resume, device=device,
                  seed=seed, profile=profile)
@@ -183,8 +191,12 @@ def convert(
             note = r["reason"]
         else:
             note = f"{r['timings_s']['total']:.1f}s" + ("" if r["reason"] == "new" else f"  redone: {r['reason']}")
-            if r.get("uncertainty"):
-                note += f"  uncertainty {r['uncertainty']['mean_in_body_hu']:.0f} HU"
+            unc = r.get("uncertainty")
+            if unc and unc.get("predicted_mae_hu") is not None:
+                note += f"  predicted MAE {unc['predicted_mae_hu']:.0f} HU" + ("" if unc["calibrated"] else
+                                                                             " (uncalibrated)")
+            elif unc:
+                note += f"  uncertainty {unc['mean_in_body_hu']:.0f} HU"
             if r.get("flags"):
                 note += "  " + flags_text([Flag.from_dict(f) for f in r["flags"]])
         typer.echo(f"{r['case']:<28} {r['status']:<8} {note}")
@@ -207,6 +219,8 @@ def evaluate(
     dose: Annotated[Optional[str], typer.Option(help="Also plan on the CT and recompute on the sCT: photon, proton or photon,proton (needs the extra medtrans[dose]).")] = None,  # noqa: UP045
     dose_grid_mm: Annotated[float, typer.Option(help="With --dose: the dose grid's spacing in mm (SynthRAD: 3-5).")] = 3.0,
     hlut: Annotated[Optional[Path], typer.Option(help="With --dose: your scanner's HU look-up table (two columns: HU, relative electron density / stopping power).")] = None,  # noqa: UP045
+    segment: Annotated[Optional[str], typer.Option(help="Also organ and bone overlap of TotalSegmentator's labels, sCT vs CT, over SynthRAD2025's classes of this region: AB, HN or TH (needs the extra medtrans[segment] and its weights).")] = None,  # noqa: UP045
+    target_roi: Annotated[Optional[str], typer.Option(help="With --dose: the target is this region of each case's rtstruct.dcm (default: target.nii.gz, else a sphere).")] = None,  # noqa: UP045
 ) -> None:
     """Score sCTs against reference CTs (SynthRAD metrics) and write a report; several --pred compares methods."""
     from medtrans.evaluation.compare import compare, parse_preds
@@ -214,15 +228,17 @@ def evaluate(
     from medtrans.evaluation.evaluate import evaluate as run
     from medtrans.evaluation.evaluate import one_line
 
-    if (hlut is not None or dose_grid_mm != 3.0) and not dose:
-        raise MedtransError("--hlut and --dose-grid-mm are used only with --dose")
+    if (hlut is not None or dose_grid_mm != 3.0 or target_roi is not None) and not dose:
+        raise MedtransError("--hlut, --dose-grid-mm and --target-roi are used only with --dose")
     if not 1.0 <= dose_grid_mm <= 10.0:
         raise MedtransError(f"--dose-grid-mm is {dose_grid_mm:g}; it must be between 1 and 10 mm")
-    dose_options = DoseOptions(parse_modalities(dose), grid_mm=dose_grid_mm, hlut_path=hlut) if dose else None
+    dose_options = DoseOptions(parse_modalities(dose), grid_mm=dose_grid_mm, hlut_path=hlut,
+                                target_roi=target_roi) if dose else None
     preds = parse_preds(pred)
     if len(preds) > 1:
         comparison = compare(preds, ref, out, protocol=protocol.value, split=split.value if split else None,
-                             resample=resample, allow_nonempty=allow_nonempty_out, dose=dose_options)
+                             resample=resample, allow_nonempty=allow_nonempty_out, dose=dose_options,
+                             segment=segment)
         typer.echo(f"{len(preds)} methods on {comparison['n_common']} common cases:")
         for name, means in comparison["means"].items():
             typer.echo(f"  {name:<16} " + "  ".join(f"{k} {v:.4g}" for k, v in means.items() if v is not None))
@@ -241,7 +257,7 @@ def evaluate(
             raise typer.Exit(1)
         return
     summary = run(next(iter(preds.values())), ref, out, protocol=protocol.value, split=split.value if split else None, resample=resample,
-                  allow_nonempty=allow_nonempty_out, dose=dose_options)
+                  allow_nonempty=allow_nonempty_out, dose=dose_options, segment=segment)
     scope = f" ({'/'.join(summary['splits'])} split)" if summary["splits"] else ""
     typer.echo(f"{summary['n_evaluated']}/{summary['n_cases']} cases{scope}: {one_line(summary)}")
     for p in summary["problems"]:

@@ -68,6 +68,7 @@ class ModelConfig:
     disc_layers: int = 3  #: PatchDiscriminator layers (3 gives a 70x70 receptive field)
     patch_depth: int = 32  #: 3D: slices per training patch and inference window (in-plane: train.crop_size)
     sw_overlap: float = 0.5  #: 3D: overlap of sliding inference windows (Gaussian-weighted blending)
+    predict_error: bool = True  #: a second output: the expected |error| per voxel (Laplace scale; docs/trust.md)
 
     @property
     def total_stride(self) -> int:
@@ -89,6 +90,7 @@ class TrainConfig:
     gan_weight: float = 0.0  #: weight of the PatchGAN term (pix2pix: 1); 0 trains a pure regression UNet
     gan_loss: str = "least_squares"  #: least_squares | bce | hinge
     masked_l1: bool = True  #: L1 weighted 1 inside the body mask, 0.1 outside
+    error_weight: float = 1.0  #: weight of the error output's Laplace negative log-likelihood (model.predict_error)
     flip: bool = True  #: random left-right flips
     bias_field: float = 0.2  #: MR augmentation: random smooth multiplicative field, coefficients up to this (0 = off)
     val_every: int = 250  #: steps between validations on whole validation volumes

@@ -14,6 +14,7 @@ import json
 import platform
 import time
 import traceback
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,14 @@ from medtrans.errors import InputError, MedtransError
 from medtrans.formats import SCT_OUTPUTS, SCT_RECORD, UNCERTAINTY_OUTPUTS, remove_outputs, sct_record
 from medtrans.fsutil import sha256_of, sweep_stale_temps, write_json
 from medtrans.geometry import geometry_of
-from medtrans.inference import UNCERTAINTY_PASSES, FusedPredictor, Stopwatch, pick_device, predictor_from_bundle
+from medtrans.inference import (
+    ERROR_PASSES,
+    UNCERTAINTY_PASSES,
+    FusedPredictor,
+    Stopwatch,
+    pick_device,
+    predictor_from_bundle,
+)
 from medtrans.intensity import AIR_HU, mr_foreground, normalize_mr_with_foreground
 from medtrans.io import Volume, read_volume, require_signal, write_volume
 from medtrans.modes import Mode, check_mode
@@ -194,9 +202,19 @@ def _write_outputs(out_dir: Path, job: ConvertJob, vol: Volume, sct: sitk.Image,
     write_volume(spread, out_dir / UNCERTAINTY_OUTPUTS[job.fmt])
     values = sitk.GetArrayViewFromImage(spread)
     values = values[foreground] if foreground.any() else values.ravel()
-    return linked, {"output": UNCERTAINTY_OUTPUTS[job.fmt], "unit": "HU (standard deviation)",
-                    "mean_in_body_hu": float(values.mean()), "p95_in_body_hu": float(np.percentile(values, 95)),
-                    "passes_per_model": len(UNCERTAINTY_PASSES), "models": len(job.model.members)}
+    record = {"output": UNCERTAINTY_OUTPUTS[job.fmt], "mean_in_body_hu": float(values.mean()),
+              "p95_in_body_hu": float(np.percentile(values, 95)), "models": len(job.model.members)}
+    if all(m.predicts_error for m in job.model.members):
+        calibrated = all(m.error_calibration for m in job.model.members)
+        # the map predicts |sCT - CT| per voxel: its mean over the body predicts the case's MAE
+        record.update(kind="predicted absolute error", calibrated=calibrated, passes_per_model=len(ERROR_PASSES),
+                      unit="HU (expected |sCT - CT|" + (", calibrated on held-out cases)" if calibrated else
+                                                        ", not calibrated: the run had no validation cases)"),
+                      predicted_mae_hu=float(values.mean()))
+    else:
+        record.update(kind="spread of test-time passes", unit="HU (standard deviation)",
+                      passes_per_model=len(UNCERTAINTY_PASSES))
+    return linked, record
 
 
 def convert_case(case: Case, out_dir: Path, job: ConvertJob, prov: Provenance) -> dict[str, Any]:
@@ -240,7 +258,7 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
                    fmt: str = "nifti", device: str = "auto", batch_size: int = 0, shard: str | None = None,
                    overwrite: bool = False, tta: bool = False, progress: bool = True, allow_nonempty: bool = False,
                    mr_series: str | None = None, uncertainty: bool = False,
-                   strict: bool = False) -> list[dict[str, Any]]:
+                   strict: bool = False, cases: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Convert every case under ``input_path``; failures are recorded and the others go on.
 
     Args:
@@ -249,6 +267,7 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
             run fuses its axial, coronal and sagittal models.
         uncertainty: also write the voxelwise spread of test-time passes and ensemble members (HU).
         strict: fail a case that has any warning flag (by default warnings are recorded and the case converts).
+        cases: convert only the cases of these names (e.g. a fold's held-out cases); the others are left alone.
 
     Each result has ``status`` ``ok`` (converted; ``reason`` says why when an earlier output was replaced),
     ``skipped`` (already current) or ``failed`` (``error``).
@@ -261,7 +280,9 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
     if len({json.dumps(b.mr_normalization.to_dict()) for b in bundles}) > 1:
         raise MedtransError("the models of an ensemble must share one MR normalization; these differ: "
                             + ", ".join(str(m) for m in models))
-    cases = shard_cases(discover(input_path, mr_series=mr_series), parse_shard(shard))
+    wanted = set(cases) if cases is not None else None
+    cases = shard_cases([c for c in discover(input_path, mr_series=mr_series) if wanted is None or c.name in wanted],
+                        parse_shard(shard))
     out = claim_output_dir(out, kind="convert", inputs=[input_path, *given], signatures=[f"*/{SCT_RECORD}"],
                            allow_nonempty=allow_nonempty)
     dev = pick_device(device)
@@ -287,7 +308,7 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
         except Exception as exc:
             results.append({"case": case.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                             "traceback": traceback.format_exc(limit=4)})
-    return results + orphans(out, {c.name for c in cases}, record=SCT_RECORD)
+    return results + (orphans(out, {c.name for c in cases}, record=SCT_RECORD) if wanted is None else [])
 
 
 def orphans(out: Path, current: set[str], *, record: str) -> list[dict[str, Any]]:

@@ -17,10 +17,11 @@ import SimpleITK as sitk
 import torch
 
 from medtrans.bundle import Bundle
+from medtrans.calibration import apply_calibration
 from medtrans.config import ModelConfig
 from medtrans.errors import MedtransError
 from medtrans.geometry import array_from_canonical, resample_onto, to_canonical, working_grid
-from medtrans.intensity import AIR_HU, MRNormalization, denormalize_ct, normalize_mr
+from medtrans.intensity import AIR_HU, CT_RANGE, MRNormalization, denormalize_ct, normalize_mr
 from medtrans.models import Generator
 from medtrans.modes import Mode, mode_of
 
@@ -46,8 +47,14 @@ def auto_batch_size(device: torch.device) -> int:
 #: Test-time passes of the uncertainty map: (left-right flip, intensity gain about the normalized background,
 #: in-plane shift in pixels along both axes). Measured on a held-out pseudo-pair (docs/trust.md), shifts and
 #: gains together rank the error better than flips and gains alone (Spearman 0.21-0.24 against 0.18-0.23).
+#: These are the map of models without an error output (bundles from before it); models with one use
+#: :data:`ERROR_PASSES` and their predicted error instead (docs/trust.md).
 UNCERTAINTY_PASSES: tuple[tuple[bool, float, int], ...] = (
     (False, 1.0, 0), (True, 1.0, 0), (False, 0.9, 0), (False, 1.1, 0), (False, 1.0, 1), (True, 1.0, -1))
+#: Passes of a model with an error output: as is and mirrored (what ``--tta`` costs), their mean is the sCT.
+ERROR_PASSES: tuple[tuple[bool, float, int], ...] = ((False, 1.0, 0), (True, 1.0, 0))
+#: HU per unit of the normalized CT scale (the error output is in those units).
+HU_PER_UNIT = (CT_RANGE[1] - CT_RANGE[0]) / 2.0
 
 
 def mean_and_spread(samples: list[sitk.Image]) -> tuple[sitk.Image, sitk.Image]:
@@ -77,6 +84,7 @@ class Predictor:
 
     channels_last: bool = False  #: run a slice model in channels_last memory format (faster on CPUs: see convert)
     crop_to_signal: bool = True  #: run a slice model only over the in-plane box that holds signal (see signal_box)
+    error_calibration: dict | None = None  #: the bundle's calibration of the error output (medtrans.calibration)
 
     mode: Mode = field(init=False, repr=False)
 
@@ -88,11 +96,20 @@ class Predictor:
             self.generator.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    @torch.inference_mode()
+    @property
+    def predicts_error(self) -> bool:
+        """Whether the generator has the error output (:mod:`medtrans.models`)."""
+        return int(getattr(self.generator, "out_channels", 1)) > 1
+
     def predict_normalized(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
-        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32), by the model's mode
-        (:mod:`medtrans.modes`). With ``tta_flip`` the left-right mirrored volume is predicted too and the two are
-        averaged."""
+        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32)."""
+        return self.predict_outputs(mr_canonical, background)[0]
+
+    @torch.inference_mode()
+    def predict_outputs(self, mr_canonical: np.ndarray, background: float) -> np.ndarray:
+        """(Z, H, W) normalized canonical MR -> (C, Z, H, W) outputs (float32: the normalized CT, then the log
+        expected error if the model has it), by the model's mode (:mod:`medtrans.modes`). With ``tta_flip`` the
+        left-right mirrored volume is predicted too and the two are averaged."""
         was_training = self.generator.training
         self.generator.eval()
         try:
@@ -111,12 +128,32 @@ class Predictor:
         The normalized MR is resampled (linear) to the working spacing the model was trained at, predicted there,
         and the sCT is resampled (linear) back onto the MR's own grid.
         """
-        return self.predict_passes(mr, ((False, 1.0, 0),), normalized=normalized, timings=timings)[0]
+        return self.predict_passes(mr, ((False, 1.0, 0),), normalized=normalized, timings=timings)[0][0]
+
+    def predict_with_error(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None,
+                           timings: dict[str, float] | None = None) -> tuple[sitk.Image, sitk.Image]:
+        """The sCT (mean of :data:`ERROR_PASSES`) and its expected absolute error (HU), both on the MR's grid.
+
+        The error is the root of the mean square of the passes' predicted errors plus their variance, through the
+        bundle's calibration when it has one (:mod:`medtrans.calibration`).
+        """
+        passes = self.predict_passes(mr, ERROR_PASSES, normalized=normalized, timings=timings)
+        with Stopwatch(timings)("combine"):
+            scts = np.stack([sitk.GetArrayViewFromImage(s) for s, _ in passes]).astype(np.float32)
+            errs = np.stack([sitk.GetArrayViewFromImage(e) for _, e in passes]).astype(np.float32)
+            sct = scts.mean(axis=0)
+            raw = np.sqrt(np.mean(errs**2, axis=0) + scts.var(axis=0))
+            error = apply_calibration(raw, sct, self.error_calibration)
+            images = [sitk.GetImageFromArray(a) for a in (sct, error)]
+        for img in images:
+            img.CopyInformation(passes[0][0])
+        return images[0], images[1]
 
     def predict_passes(self, mr: sitk.Image, passes: tuple[tuple[bool, float, int], ...] = UNCERTAINTY_PASSES,
                        *, normalized: tuple[sitk.Image, dict] | None = None,
-                       timings: dict[str, float] | None = None) -> list[sitk.Image]:
-        """One sCT (HU, on the MR's grid) per test-time pass ``(left-right flip, intensity gain, shift)``.
+                       timings: dict[str, float] | None = None) -> list[tuple[sitk.Image, sitk.Image | None]]:
+        """One sCT (HU, on the MR's grid) per test-time pass ``(left-right flip, intensity gain, shift)``, with the
+        model's predicted absolute error (HU, uncalibrated; None for a model without that output).
 
         The gain scales the normalized MR about its background value, as if the normalization's high percentile
         had come out that much lower or higher; the shift moves the slices by whole pixels (undone on the
@@ -139,16 +176,24 @@ class Predictor:
                 x = background + np.float32(gain) * (canonical - background) if gain != 1.0 else canonical
                 x = x[..., ::-1] if flip else x
                 x = np.roll(x, (shift, shift), axis=(1, 2)) if shift else x
-                pred = self.predict_normalized(np.ascontiguousarray(x), background)
+                pred = self.predict_outputs(np.ascontiguousarray(x), background)
             with clock("to_mr_grid"):
-                pred = np.roll(pred, (-shift, -shift), axis=(1, 2)) if shift else pred
+                pred = np.roll(pred, (-shift, -shift), axis=(2, 3)) if shift else pred
                 pred = pred[..., ::-1] if flip else pred
-                hu = array_from_canonical(denormalize_ct(np.ascontiguousarray(pred)), reference=work)
-                if grid is not None:
-                    hu = resample_onto(hu, mr, default=AIR_HU)
-                    hu.CopyInformation(mr)
-            outputs.append(hu)
+                hu = self._on_mr_grid(denormalize_ct(np.ascontiguousarray(pred[0])), work, grid, mr, AIR_HU)
+                err = self._on_mr_grid(np.exp(pred[1]) * np.float32(HU_PER_UNIT), work, grid, mr, 0.0) \
+                    if pred.shape[0] > 1 else None
+            outputs.append((hu, err))
         return outputs
+
+    @staticmethod
+    def _on_mr_grid(canonical: np.ndarray, work: sitk.Image, grid: sitk.Image | None, mr: sitk.Image,
+                    default: float) -> sitk.Image:
+        image = array_from_canonical(np.ascontiguousarray(canonical, dtype=np.float32), reference=work)
+        if grid is not None:
+            image = resample_onto(image, mr, default=default)
+            image.CopyInformation(mr)
+        return image
 
 
 class Stopwatch:
@@ -184,14 +229,16 @@ def predictor_from_bundle(bundle: Bundle, *, device: torch.device, batch_size: i
     return Predictor(g, bundle.mr_normalization, bundle.model.context_slices, bundle.model.total_stride, device,
                      batch_size=batch_size, tta_flip=tta_flip, spacing=bundle.spacing, plane=bundle.model.plane,
                      window=window, overlap=bundle.model.sw_overlap,
-                     channels_last=bundle.model.spatial_dims == 2 and device.type == "cpu")
+                     channels_last=bundle.model.spatial_dims == 2 and device.type == "cpu",
+                     error_calibration=bundle.info.get("error_calibration"))
 
 
 @dataclass
 class FusedPredictor:
     """Several trained models fused into one sCT: an ensemble of seeds, the members of a tri-planar run or of the
-    folds of a cross-validation (equal weights); with ``uncertainty``, each member's test-time passes too, and the
-    voxelwise spread of all of them (HU) is the uncertainty map."""
+    folds of a cross-validation (equal weights). With ``uncertainty``: for models with an error output, the expected
+    absolute error (HU) — each member's calibrated error combined with the spread between members; for older models,
+    the voxelwise spread of every member's test-time passes (:data:`UNCERTAINTY_PASSES`)."""
 
     members: list[Predictor]
 
@@ -205,12 +252,28 @@ class FusedPredictor:
 
     def predict(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None, uncertainty: bool = False,
                 timings: dict[str, float] | None = None) -> tuple[sitk.Image, sitk.Image | None]:
-        """The sCT (HU, float32, on the MR's grid) and, for several members or with ``uncertainty``, the spread."""
+        """The sCT (HU, float32, on the MR's grid) and, for several members or with ``uncertainty``, the map."""
+        if uncertainty and all(p.predicts_error for p in self.members):
+            return self._with_error(mr, normalized=normalized, timings=timings)
         if uncertainty:
-            samples = [s for p in self.members for s in p.predict_passes(mr, normalized=normalized, timings=timings)]
+            samples = [s for p in self.members
+                       for s, _ in p.predict_passes(mr, normalized=normalized, timings=timings)]
         elif len(self.members) > 1:
             samples = [p.predict_image(mr, normalized=normalized, timings=timings) for p in self.members]
         else:
             return self.members[0].predict_image(mr, normalized=normalized, timings=timings), None
         with Stopwatch(timings)("combine"):
             return mean_and_spread(samples)
+
+    def _with_error(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None,
+                    timings: dict[str, float] | None) -> tuple[sitk.Image, sitk.Image]:
+        """Members with an error output: the mean sCT and sqrt(mean calibrated error^2 + spread between members^2)."""
+        results = [p.predict_with_error(mr, normalized=normalized, timings=timings) for p in self.members]
+        if len(results) == 1:
+            return results[0]
+        with Stopwatch(timings)("combine"):
+            sct, between = mean_and_spread([s for s, _ in results])
+            within = np.mean(np.stack([sitk.GetArrayViewFromImage(e) for _, e in results]) ** 2, axis=0)
+            error = sitk.GetImageFromArray(np.sqrt(within + sitk.GetArrayViewFromImage(between) ** 2))
+            error.CopyInformation(sct)
+        return sct, error

@@ -20,6 +20,12 @@ from torch import nn
 from medtrans.config import ModelConfig
 from medtrans.intensity import CT_BACKGROUND
 
+#: The error output is log(b), b the Laplace scale = the expected |error| in normalized CT units (1 unit = 2012 HU):
+#: clamped to [e^-9, e^0] (0.25 HU to 2012 HU) so that the likelihood cannot run away; it starts at 100 HU, about
+#: what a model errs on a new patient (a start far from it costs the head most of a short training).
+LOG_ERROR_RANGE = (-9.0, 0.0)
+INITIAL_ERROR = 0.05
+
 
 class Generator(nn.Module):
     """MR (``context_slices`` channels; one channel of a 3D patch) -> normalized CT in (-1, 1)."""
@@ -36,9 +42,25 @@ class Generator(nn.Module):
         nn.init.normal_(self.head.weight, std=1e-3)
         # tanh(bias) = slightly above -1: the untrained network predicts air, not mid-grey
         nn.init.constant_(self.head.bias, math.atanh(CT_BACKGROUND * 0.95))
+        self.error_head = None
+        if cfg.predict_error:  # a 3x3 convolution first: where the error is depends on the neighbourhood (edges)
+            f = cfg.head_features
+            self.error_head = nn.Sequential(conv(f, f, kernel_size=3, padding=1), nn.LeakyReLU(0.2),
+                                            conv(f, 1, kernel_size=1))
+            nn.init.normal_(self.error_head[2].weight, std=1e-3)
+            nn.init.constant_(self.error_head[2].bias, math.log(INITIAL_ERROR))
+
+    @property
+    def out_channels(self) -> int:
+        """1 (the normalized CT) or 2 (also the log of the expected absolute error, :data:`LOG_ERROR_RANGE`)."""
+        return 1 if self.error_head is None else 2
 
     def forward(self, mr: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.head(self.unet(mr)))
+        features = self.unet(mr)
+        ct = torch.tanh(self.head(features))
+        if self.error_head is None:
+            return ct
+        return torch.cat([ct, self.error_head(features).clamp(*LOG_ERROR_RANGE)], dim=1)
 
 
 class Discriminator(nn.Module):

@@ -16,7 +16,7 @@ SOURCES = {"medtrans": "medtrans", "data_prep": "medtrans.data_prep", "evaluatio
 LAYERS = [
     ["medtrans", "medtrans.errors"],
     ["medtrans.config", "medtrans.fsutil", "medtrans.output_dirs", "medtrans.geometry", "medtrans.intensity"],
-    ["medtrans.io", "medtrans.metrics", "medtrans.qa", "medtrans.formats", "medtrans.prepared", "medtrans.provenance",
+    ["medtrans.io", "medtrans.metrics", "medtrans.calibration", "medtrans.qa", "medtrans.formats", "medtrans.prepared", "medtrans.provenance",
      "medtrans.runs", "medtrans.models"],
     ["medtrans.dicom_out", "medtrans.cohort", "medtrans.phantom", "medtrans.bundle", "medtrans.modes"],
     ["medtrans.inference", "medtrans.data_prep", "medtrans.evaluation"],

@@ -41,6 +41,11 @@ class Network(Protocol):
     crop_to_signal: bool
 
 
+def output_channels(net: Network) -> int:
+    """The generator's outputs: 1 (the normalized CT) or 2 (also the log expected error, :mod:`medtrans.models`)."""
+    return int(getattr(net.generator, "out_channels", 1))
+
+
 class Mode(abc.ABC):
     """One way of turning MR into CT with a network: the unit a new kind of model is added as.
 
@@ -77,4 +82,5 @@ class Mode(abc.ABC):
 
     @abc.abstractmethod
     def predict(self, net: Network, volume: np.ndarray, background: float) -> np.ndarray:
-        """(Z, H, W) normalized canonical MR -> (Z, H, W) normalized CT prediction (float32)."""
+        """(Z, H, W) normalized canonical MR -> (C, Z, H, W) prediction (float32): the normalized CT, then the log
+        expected error where the generator has that output (:func:`output_channels`)."""

@@ -54,6 +54,6 @@ class PatchMode(Mode):
             y = sliding_window_inference(vol[None, None].to(net.device), roi_size=net.window,
                                          sw_batch_size=net.batch_size, predictor=net.generator,
                                          overlap=net.overlap, mode="gaussian", padding_mode="replicate")
-        y = y[0, 0].float()
+        y = y[0].float()
         crop = tuple(slice(p // 2, p // 2 + n) for p, n in zip(pads, shape, strict=True))
-        return y[crop].cpu().numpy()
+        return y[(slice(None), *crop)].cpu().numpy()

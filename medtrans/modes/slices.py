@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from medtrans.config import ModelConfig
 from medtrans.intensity import CT_BACKGROUND
-from medtrans.modes.base import Batch, BatchSource, Mode, Network
+from medtrans.models import LOG_ERROR_RANGE
+from medtrans.modes.base import Batch, BatchSource, Mode, Network, output_channels
 from medtrans.modes.sampling import crop_origin, with_bias_field
 
 #: Axis order that puts a slice plane's normal first in a canonical (z, y, x) array (its inverse undoes it).
@@ -61,11 +62,14 @@ def signal_box(stack: np.ndarray, background: float, stride: int) -> tuple[slice
 
 
 def run_slices(net: Network, stack: np.ndarray, background: float) -> np.ndarray:
-    """A (Z, H, W) stack of slices through the network, only over the box that holds the body (:func:`signal_box`,
-    when ``net.crop_to_signal``); outside it the prediction is air (a scan's field of view is often much larger)."""
+    """A (Z, H, W) stack of slices through the network -> (C, Z, H, W), C the generator's outputs; only over the box
+    that holds the body (:func:`signal_box`, when ``net.crop_to_signal``); outside it the prediction is air, with
+    the least error (a scan's field of view is often much larger)."""
     z, h, w = stack.shape
     rows, cols = signal_box(stack, background, net.stride) if net.crop_to_signal else (slice(0, h), slice(0, w))
-    out = np.full((z, h, w), CT_BACKGROUND, np.float32)
+    out = np.empty((output_channels(net), z, h, w), np.float32)
+    out[0] = CT_BACKGROUND
+    out[1:] = LOG_ERROR_RANGE[0]
     sub = stack[:, rows, cols]
     hh, ww = sub.shape[1:]
     ph, pw = (-hh) % net.stride, (-ww) % net.stride
@@ -82,8 +86,8 @@ def run_slices(net: Network, stack: np.ndarray, background: float) -> np.ndarray
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(net.device.type, dtype=torch.bfloat16, enabled=use_amp):
             y = net.generator(x).float()
-        y = y[:, 0, ph // 2: ph // 2 + hh, pw // 2: pw // 2 + ww]
-        out[centre, rows, cols] = y.cpu().numpy()
+        y = y[:, :, ph // 2: ph // 2 + hh, pw // 2: pw // 2 + ww].transpose(0, 1)
+        out[:, centre, rows, cols] = y.cpu().numpy()
     return out
 
 
@@ -132,7 +136,7 @@ class SliceMode(Mode):
     def predict(self, net: Network, volume: np.ndarray, background: float) -> np.ndarray:
         axes = PLANE_AXES[self.plane]
         out = run_slices(net, np.ascontiguousarray(np.transpose(volume, axes)), background)
-        return np.transpose(out, np.argsort(axes))
+        return np.transpose(out, (0, *(1 + np.argsort(axes))))
 
 
 class MultiPlaneMode(Mode):

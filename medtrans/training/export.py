@@ -19,7 +19,7 @@ from medtrans.runs import RunFolder
 
 def export_bundle(run: RunFolder, dataset: PreparedDataset, cfg: Config, *, spec: MRNormalization,
                   spacing: list[float] | None, window: tuple[int, int, int] | None, generator: torch.nn.Module,
-                  seed: int, result: dict[str, Any]) -> Path:
+                  seed: int, result: dict[str, Any], error_calibration: dict[str, Any] | None = None) -> Path:
     """Write ``RUN/bundle`` from the run's best checkpoint (or ``generator``'s weights when nothing was validated)."""
     best = run.best_checkpoint
     weights = load_torch(best, what="the best checkpoint")["generator"] if best.exists() else generator.state_dict()
@@ -30,4 +30,5 @@ def export_bundle(run: RunFolder, dataset: PreparedDataset, cfg: Config, *, spec
                              "trained_steps": result["step"],
                              "selected": "best validation MAE" if best.exists() else "last step",
                              "best_val_mae_hu": result["best_val_mae"], "best_step": result["best_step"],
-                             "dataset": str(dataset.root.resolve()), "split": dataset.manifest["split"]})
+                             "dataset": str(dataset.root.resolve()), "split": dataset.manifest["split"],
+                             "error_calibration": error_calibration})

@@ -13,6 +13,8 @@ from medtrans.config import Config
 
 #: Masked L1 weights the body 1 and the rest this much: the background is still kept near air.
 OUTSIDE_MASK_WEIGHT = 0.1
+#: Learning rate of the error output's head relative to the rest of the generator.
+ERROR_HEAD_LR_FACTOR = 10.0
 
 
 def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -24,12 +26,33 @@ def masked_l1(fake: torch.Tensor, real: torch.Tensor, mask: torch.Tensor | None)
     return (diff * w).sum() / w.sum()
 
 
+def laplace_nll(log_scale: torch.Tensor, fake: torch.Tensor, real: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+    """Negative log-likelihood of the error under a Laplace law of scale ``exp(log_scale)``, weighted as the L1 term.
+
+    The prediction is detached: this term trains the error output to equal the expected |error| (the Laplace
+    scale's maximum-likelihood value), and never pulls the sCT itself towards voxels it finds easy.
+    """
+    nll = (fake.detach() - real).abs() * torch.exp(-log_scale) + log_scale
+    if mask is None:
+        return nll.mean()
+    w = mask + OUTSIDE_MASK_WEIGHT * (1 - mask)
+    return (nll * w).sum() / w.sum()
+
+
 def optimizers(cfg: Config, gen: torch.nn.Module, disc: torch.nn.Module | None,
                dev: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
     """Adam for the generator and, in pix2pix mode, the discriminator (fused kernels on CUDA)."""
     fused = dev.type == "cuda"
-    make = lambda m: torch.optim.Adam(m.parameters(), lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)  # noqa: E731
-    return make(gen), (make(disc) if disc is not None else None)
+    make = lambda groups: torch.optim.Adam(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas), fused=fused)  # noqa: E731
+    head = getattr(gen, "error_head", None)
+    if head is None:
+        groups = gen.parameters()
+    else:  # the error output learns ERROR_HEAD_LR_FACTOR x faster: a short training must move it far from its start
+        ids = {id(p) for p in head.parameters()}
+        groups = [{"params": [p for p in gen.parameters() if id(p) not in ids]},
+                  {"params": list(head.parameters()), "lr": cfg.train.lr * ERROR_HEAD_LR_FACTOR}]
+    return make(groups), (make(disc.parameters()) if disc is not None else None)
 
 
 class TrainStep:
@@ -57,7 +80,8 @@ class TrainStep:
         if self.fmt is torch.channels_last:
             mr, ct = mr.contiguous(memory_format=self.fmt), ct.contiguous(memory_format=self.fmt)
         with self._autocast(device_type):
-            fake = self.g(mr)
+            out = self.g(mr)
+        fake, log_scale = out[:, :1], (out[:, 1:] if out.shape[1] > 1 else None)
         d_loss = torch.zeros((), device=mr.device)
         if self.d is not None:
             self.opt_d.zero_grad(set_to_none=True)
@@ -73,6 +97,9 @@ class TrainStep:
         with self._autocast(device_type):
             l1 = masked_l1(fake.float(), ct, mk if self.cfg.masked_l1 else None)
             g_loss = self.cfg.l1_weight * l1
+            if log_scale is not None:
+                g_loss = g_loss + self.cfg.error_weight * laplace_nll(log_scale.float(), fake.float(), ct,
+                                                                      mk if self.cfg.masked_l1 else None)
             if self.d is not None:
                 g_adv = self.adv(self.d(mr, fake).float(), target_is_real=True, for_discriminator=False)
                 g_loss = g_loss + self.cfg.gan_weight * g_adv

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from medtrans.config import Config, load_config
 from medtrans.errors import MedtransError
-from medtrans.fsutil import save_torch, write_json, write_text
+from medtrans.fsutil import load_torch, save_torch, write_json, write_text
 from medtrans.inference import Predictor, pick_device
 from medtrans.intensity import MRNormalization
 from medtrans.models import Discriminator, Generator
@@ -41,7 +41,7 @@ from medtrans.training.data import BatchStream, load_bank
 from medtrans.training.export import export_bundle
 from medtrans.training.profiling import bf16_peak_tflops, count_step_flops, environment
 from medtrans.training.step import TrainStep, optimizers
-from medtrans.training.validation import validate
+from medtrans.training.validation import fit_error_calibration, validate
 
 __all__ = ["LOG_EVERY", "NothingToTrain", "Trainer", "checkpoint_file", "saved_config", "train"]
 
@@ -82,11 +82,14 @@ class Trainer:
         progress: show a progress bar.
         profile: how the config was chosen (e.g. the GPU profile picked for a CUDA device), for the record.
         leave_group: leave the process group at the end (False when an ensemble trains several members).
+        split: train on these ``train`` cases and validate on these ``val`` cases instead of the manifest's split
+            (a fold of a cross-validation; recorded in the bundle).
     """
 
     def __init__(self, prep: str | Path, out: str | Path, cfg: Config, *, stop_step: int | None = None,
                  max_minutes: float | None = None, resume: bool = False, device: str = "auto", seed: int = 0,
-                 progress: bool = True, profile: str | None = None, leave_group: bool = True) -> None:
+                 progress: bool = True, profile: str | None = None, leave_group: bool = True,
+                 split: dict[str, list[str]] | None = None) -> None:
         if stop_step is not None and stop_step < 1:
             raise MedtransError(f"--max-steps must be at least 1, not {stop_step}")
         if max_minutes is not None and not max_minutes > 0:
@@ -96,6 +99,7 @@ class Trainer:
         self.stop_step, self.max_minutes, self.resume, self.seed = stop_step, max_minutes, resume, seed
         self.progress, self.profile, self.leave_group = progress, profile, leave_group
         self.device_name = device
+        self.split = split
 
     # ------------------------------------------------------------------------------------------- the loop
 
@@ -144,6 +148,8 @@ class Trainer:
             self.dev = torch.device("cuda", self.ranks.local)
             torch.cuda.set_device(self.dev)
         self.dataset = PreparedDataset.open(self.prep)
+        if self.split is not None:  # a fold: the same dataset seen through another split
+            self.dataset = PreparedDataset(self.prep, {**self.dataset.manifest, "split": self.split})
         prepared_with = load_config(None, base=self.dataset.config).prepare  # one config for every case
         self.spec = MRNormalization.from_prepare(prepared_with)
         self.spacing = list(prepared_with.spacing) or None  # the working grid the slices were cut on
@@ -305,6 +311,16 @@ class Trainer:
                             schedule=self.schedule.state(), cfg=self.cfg, dataset=self.trained_on,
                             nets=self._stateful())
 
+    def _calibrate_error(self) -> dict[str, Any] | None:
+        """The error output's calibration on the validation cases, with the weights the bundle gets (the run is
+        over: the generator may take the best weights now; the last checkpoint is written already)."""
+        if not (self.cfg.model.predict_error and self.val_cases):
+            return None
+        best = self.run_folder.best_checkpoint
+        if best.exists():
+            self.gen.load_state_dict(load_torch(best, what="the best checkpoint")["generator"])
+        return fit_error_calibration(self.predictor, self.dataset, self.val_cases, seed=self.seed)
+
     def end(self, done: int) -> dict[str, Any]:
         """Ranks agree on batch-norm statistics; rank 0 writes the bundle and the summary."""
         if self.ranks.world > 1:
@@ -321,7 +337,8 @@ class Trainer:
                                  / max(m.seconds, 1e-9)}}
         if self.ranks.is_main:
             bundle = export_bundle(self.run_folder, self.dataset, self.cfg, spec=self.spec, spacing=self.spacing,
-                                   window=self.window, generator=self.gen, seed=self.seed, result=result)
+                                   window=self.window, generator=self.gen, seed=self.seed, result=result,
+                                   error_calibration=self._calibrate_error())
             result["bundle"] = str(bundle)
             write_json(self.run_folder.summary_file, result)
         distributed.barrier()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medtrans.errors import MedtransError
+from medtrans.errors import InputError, MedtransError
 from medtrans.evaluation.dose import DoseOptions, case_dose, parse_modalities
 
 GRID_MM = 5.0  # coarse: seconds per plan on the test phantoms
@@ -150,3 +150,39 @@ def test_evaluate_dose_from_the_cli_with_a_target_and_a_scanner_table(tmp_path):
                         str(tmp_path / "ref"), "--out", str(tmp_path / "eval2"), "--dose", "proton", "--hlut",
                         str(bad)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "HU strictly increasing" in r.stderr and "bad.csv" in r.stderr, r.stderr
+
+
+def test_the_target_comes_from_an_rtstruct_region_when_named(tmp_path):
+    from medtrans.evaluation.dose import case_target
+    from tests.test_medtrans.test_rtstruct import ct_grid, write_rtstruct
+
+    ct = ct_grid()
+    case = tmp_path / "p1"
+    case.mkdir()
+    assert case_target(case, ct, roi=None) == (None, {})  # nothing given: the default sphere follows
+    with pytest.raises(InputError, match="--target-roi 'PTV_60' was given but the case has no rtstruct.dcm"):
+        case_target(case, ct, roi="PTV_60")
+    write_rtstruct(case / "rtstruct.dcm", ct)
+    target, record = case_target(case, ct, roi="PTV_60")
+    assert record == {"kind": "RTSTRUCT region 'PTV_60'"} and sitk.GetArrayFromImage(target).sum() > 10_000
+    sitk.WriteImage(target, str(case / "target.nii.gz"))
+    target, record = case_target(case, ct, roi=None)
+    assert record == {"kind": "target.nii.gz"} and target.GetSize() == ct.GetSize()
+
+
+def test_gamma_maps_fail_where_the_dose_moved_and_the_figure_draws_them():
+    from medtrans.evaluation.dose import gamma_plane
+    from medtrans.evaluation.report_dose import dose_figure
+
+    ref = np.zeros((30, 40, 40), np.float32)
+    ref[8:22, 12:28, 12:28] = 2.0
+    moved = np.roll(ref, 1, axis=2)  # 3 mm along x on a 3 mm grid: the edges fail 2%/2mm, the plateau passes
+    for axis in (0, 1, 2):
+        assert np.nanmax(gamma_plane(ref, ref, 3.0, axis=axis, index=15, percent=2, mm=2, prescription=2.0)) == 0
+    g = gamma_plane(ref, moved, 3.0, axis=0, index=15, percent=2, mm=2, prescription=2.0)
+    assert g.shape == (40, 40) and g[20, 12] > 1 and g[20, 20] == 0 and np.isnan(g[0, 0])  # NaN below the cut-off
+    target = np.zeros(ref.shape, bool)
+    target[12:18, 16:24, 16:24] = True
+    uri = dose_figure({"doses": {"proton": (ref, moved)}, "target": target, "body": np.ones(ref.shape, bool),
+                       "prescription": 2.0, "spacing_mm": 3.0})
+    assert uri.startswith("data:image/png;base64,") and len(uri) > 20_000

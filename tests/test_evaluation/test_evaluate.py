@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from medtrans.evaluation.evaluate import UNCERTAINTY_SCATTER, uncertainty_vs_error
 
@@ -17,3 +18,18 @@ def test_the_scatter_is_a_random_sample_of_the_whole_body_not_its_first_voxels()
     assert len(scatter) == UNCERTAINTY_SCATTER < data["mask"].sum()
     assert scatter[:, 1].min() < 2 and scatter[:, 1].max() > z - 3  # from every part of the body
     assert stats["unc_spearman"] > 0.99
+
+
+def test_the_trust_summary_says_how_well_the_maps_predict_the_error():
+    from medtrans.evaluation.evaluate import trust_summary
+
+    rng = np.random.default_rng(0)
+    map_ = rng.uniform(10, 100, 20_000)
+    honest = np.stack([map_, map_ * rng.exponential(1.0, map_.size)], axis=1)  # the map is the expected |error|
+    halved = np.stack([map_ / 2, honest[:, 1]], axis=1)  # a map that says half the error
+    rows = [{"mae": m, "pred_mae": p} for m, p in ((50, 40), (80, 70), (60, 55), (120, 90))]
+    good, bad = trust_summary(rows, [honest]), trust_summary(rows, [halved])
+    assert good["voxel_calibration_error"] < 0.05 < 0.45 < bad["voxel_calibration_error"] < 0.55
+    assert good["case_spearman"] == 1.0 and good["cases"] == 4
+    assert good["case_mean_predicted_over_measured"] == pytest.approx(255 / 310)
+    assert trust_summary(rows[:2], [])["case_spearman"] is None  # under three cases: no correlation

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import TINY
 
+from medtrans.bundle import load_bundle
 from medtrans.config import load_config
 from medtrans.convert import convert_cohort
 from medtrans.errors import DatasetError, MedtransError
@@ -74,3 +75,42 @@ def test_an_ensemble_under_torchrun_writes_its_records_once(prepared, tmp_path):
     run = RunFolder(tmp_path / "run")
     assert [m["name"] for m in run.ensemble_record()["members"]] == ["member0_axial", "member1_axial"]
     assert all(f.is_dir() for f in run.model_folders())
+
+
+def test_three_folds_give_three_models_out_of_fold_scts_for_every_case_and_resume_bit_exactly(prepared, tmp_path):
+    """``train --folds 3`` on the phantoms: every case is held out by exactly one fold and gets that fold's sCT;
+    evaluate scores all of them; a fold stopped and resumed ends with the weights of an uninterrupted one."""
+    from medtrans.evaluation.evaluate import evaluate
+    from medtrans.prepared import PreparedDataset
+
+    cfg = load_config(None, overrides=[*TINY, "train.max_steps=6", "train.val_every=1000"])
+    straight = train_ensemble(prepared, tmp_path / "straight", cfg, folds=3, device="cpu", progress=False)
+    record = json.loads((tmp_path / "straight" / "ensemble.json").read_text())
+    folds = [m["split"]["val"] for m in record["members"]]
+    cases = sorted(c for part in ("train", "val", "test") for c in PreparedDataset.open(prepared).split(part))
+    assert len(folds) == 3 and sorted(c for f in folds for c in f) == cases  # a partition of the cohort
+    for m in record["members"]:
+        assert not set(m["split"]["train"]) & set(m["split"]["val"])
+        bundle = json.loads((tmp_path / "straight" / m["name"] / "bundle" / "bundle.json").read_text())
+        assert bundle["split"]["val"] == m["split"]["val"]  # the bundle records the fold it was trained on
+    assert straight["out_of_fold"]["cases"] == len(cases) and not straight["out_of_fold"]["failed"]
+    oof = tmp_path / "straight" / "oof"
+    for fold, m in zip(folds, record["members"], strict=True):
+        for case in fold:
+            sct_json = json.loads((oof / case / "sct.json").read_text())
+            assert sct_json["bundle_sha256"] == load_bundle(tmp_path / "straight" / m["name"]).hash()
+            assert (oof / case / "sct_uncertainty.nii.gz").is_file()
+    summary = evaluate(oof, prepared, tmp_path / "eval", split="all", progress=False, report=False)
+    assert summary["n_evaluated"] == len(cases) and not summary["problems"]
+    assert summary["metrics"]["pred_mae"]["n"] == len(cases)  # each case's predicted MAE beside the measured
+
+    train_ensemble(prepared, tmp_path / "resumed", cfg, folds=3, stop_step=3, device="cpu", progress=False)
+    train_ensemble(prepared, tmp_path / "resumed", cfg, resume=True, device="cpu", progress=False)
+    for m in record["members"]:
+        a = torch.load(tmp_path / "straight" / m["name"] / "checkpoints" / "last.pt", weights_only=True)
+        b = torch.load(tmp_path / "resumed" / m["name"] / "checkpoints" / "last.pt", weights_only=True)
+        assert all(torch.equal(a["generator"][k], v) for k, v in b["generator"].items()), m["name"]
+    with pytest.raises(MedtransError, match="does not combine with --ensemble"):
+        train_ensemble(prepared, tmp_path / "bad", cfg, folds=3, ensemble=2, device="cpu", progress=False)
+    with pytest.raises(MedtransError, match="only 4 case"):
+        train_ensemble(prepared, tmp_path / "bad2", cfg, folds=5, device="cpu", progress=False)
