@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import medtrans
-from medtrans.config import ModelConfig
+from medtrans.config import ModelConfig, with_legacy_defaults
 from medtrans.errors import DatasetError
 from medtrans.fsutil import load_torch, save_torch, sha256_of, write_json
 from medtrans.geometry import CANONICAL_ORIENTATION
@@ -125,7 +125,8 @@ def load_bundle(path: str | Path) -> Bundle:
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     try:
         # bundles written before the error output had none (the field's default is on for new trainings)
-        model = ModelConfig(**{"predict_error": False, **{k: v for k, v in meta["model"].items() if k in known}})
+        saved = with_legacy_defaults({"model": meta["model"]})["model"]
+        model = ModelConfig(**{k: v for k, v in saved.items() if k in known})
     except (KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"bundle.json has no valid 'model' section: {exc}", path=folder) from None
     return Bundle(model=model, mr_normalization=MRNormalization.from_dict(meta["mr_normalization"]),

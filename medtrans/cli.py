@@ -173,7 +173,7 @@ def convert(
     overwrite: Annotated[bool, typer.Option(help="Redo every case, also those already up to date.")] = False,
     tta: Annotated[bool, typer.Option(help="Average with the left-right flipped prediction.")] = False,
     mr_series: MrSeriesOpt = None,
-    uncertainty: Annotated[bool, typer.Option(help="Also write a per-voxel uncertainty map (HU) from test-time passes and ensemble members.")] = False,
+    uncertainty: Annotated[bool, typer.Option(help="Also write the expected |sCT - CT| per voxel (HU, calibrated on held-out cases; docs/trust.md) and each case's predicted MAE.")] = False,
     strict: Annotated[bool, typer.Option(help="Fail cases with any warning flag (an MR unlike the training MRs).")] = False,
     allow_nonempty_out: NonEmptyOpt = False,
 ) -> None:

@@ -114,6 +114,28 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+#: Keys added after runs and bundles were first saved, with the value that reproduces what a config saved without
+#: them trained (the error output did not exist): applied to every saved config read back (resume, bundles).
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"model": {"predict_error": False}, "train": {"error_weight": 1.0}}
+
+
+def with_legacy_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the keys it predates filled in as :data:`LEGACY_DEFAULTS` says (a copy).
+
+    Example:
+        >>> with_legacy_defaults({"model": {"channels": [8]}})["model"]
+        {'channels': [8], 'predict_error': False}
+        >>> with_legacy_defaults({"model": {"predict_error": True}})["model"]["predict_error"]
+        True
+    """
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()}
+    for section, keys in LEGACY_DEFAULTS.items():
+        values = out.get(section, {})
+        if isinstance(values, dict):
+            out[section] = {**values, **{k: v for k, v in keys.items() if k not in values}}
+    return out
+
+
 #: The shipped config ``medtrans train`` uses on a CUDA device when no ``--config`` is given.
 GPU_PROFILE = "gpu"
 

@@ -265,7 +265,8 @@ def convert_cohort(model: str | Path | list[str | Path], input_path: str | Path,
         model: a run folder or bundle, or several (an ensemble: their sCTs are averaged with equal weights); an
             ensemble run folder (``train --ensemble``/``--planes``) stands for all its members, so a tri-planar
             run fuses its axial, coronal and sagittal models.
-        uncertainty: also write the voxelwise spread of test-time passes and ensemble members (HU).
+        uncertainty: also write the expected absolute error per voxel (HU; older bundles: the spread of test-time
+            passes and ensemble members) and the case's predicted MAE (docs/trust.md).
         strict: fail a case that has any warning flag (by default warnings are recorded and the case converts).
         cases: convert only the cases of these names (e.g. a fold's held-out cases); the others are left alone.
 

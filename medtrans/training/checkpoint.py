@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from medtrans.config import Config
+from medtrans.config import Config, with_legacy_defaults
 from medtrans.errors import ConfigError, DatasetError, MedtransError
 from medtrans.fsutil import load_torch, save_torch
 from medtrans.runs import RunFolder
@@ -32,7 +32,7 @@ def checkpoint_file(out: str | Path) -> Path:
 
 def _config_of(state: Any, path: Path) -> dict[str, Any]:
     try:
-        return json.loads(state["config_json"])
+        return with_legacy_defaults(json.loads(state["config_json"]))
     except (KeyError, TypeError, json.JSONDecodeError):
         raise MedtransError("the checkpoint holds no config; it was not written by medtrans train", path=path) from None
 
@@ -47,7 +47,7 @@ def saved_config(out: str | Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(run.config_file.read_text())
             if isinstance(data, dict):
-                return data
+                return with_legacy_defaults(data)
         except (OSError, yaml.YAMLError):
             pass
     return _config_of(load_torch(run.checkpoint, what="the run's last checkpoint"), run.checkpoint)

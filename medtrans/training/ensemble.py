@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medtrans.config import Config, load_config
+from medtrans.config import Config, load_config, with_legacy_defaults
 from medtrans.errors import MedtransError
 from medtrans.fsutil import write_json
 from medtrans.modes import PatchMode, check_mode, slice_planes
@@ -95,7 +95,7 @@ def _open_record(run: RunFolder, prep: Path, cfg: Config, *, resume: bool, ensem
             raise MedtransError(f"--resume keeps the run's {len(record['members'])} member(s) "
                                 f"({', '.join(m['name'] for m in record['members'])}); --ensemble/--planes/--folds cannot "
                                 "change them: start a new run for other members", path=run.path)
-        return record["members"], load_config(None, base=record["config"])
+        return record["members"], load_config(None, base=with_legacy_defaults(record["config"]))
     if folds and (ensemble > 1 or planes):
         raise MedtransError("--folds trains one model per fold; it does not combine with --ensemble or --planes")
     members = fold_members(PreparedDataset.open(prep), cfg, folds=folds, seed=seed) if folds else \

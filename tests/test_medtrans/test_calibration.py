@@ -88,3 +88,30 @@ def test_a_bundle_from_before_the_error_output_still_converts_with_its_spread_ma
     assert rec["kind"] == "predicted absolute error" and rec["calibrated"]  # tiny_run validates: calibrated
     bundle = json.loads((tiny_run / "bundle" / "bundle.json").read_text())
     assert bundle["error_calibration"]["cases"] == len(bundle["split"]["val"]) > 0
+
+
+def test_a_run_saved_before_the_error_output_resumes(prepared, tmp_path):
+    """Its saved config and checkpoint lack the new keys; they read as the run was trained (no error output)."""
+    import yaml
+    from conftest import TINY
+
+    from medtrans.config import load_config
+    from medtrans.training.checkpoint import saved_config
+    from medtrans.training.trainer import train
+
+    run = tmp_path / "run"
+    cfg = load_config(None, overrides=[*TINY, "model.predict_error=false", "train.max_steps=4"])
+    train(prepared, run, cfg, stop_step=2, device="cpu", progress=False)
+    old = yaml.safe_load((run / "config.yaml").read_text())
+    for section, key in (("model", "predict_error"), ("train", "error_weight")):
+        del old[section][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    saved = json.loads(state["config_json"])
+    del saved["model"]["predict_error"], saved["train"]["error_weight"]
+    state["config_json"] = json.dumps(saved)
+    torch.save(state, run / "checkpoints" / "last.pt")
+    resumed_cfg = load_config(None, base=saved_config(run))  # what `train --resume` builds
+    assert resumed_cfg.model.predict_error is False
+    summary = train(prepared, run, resumed_cfg, resume=True, device="cpu", progress=False)
+    assert summary["step"] == 4
