@@ -95,7 +95,6 @@ class Predictor:
         if self.channels_last:
             self.generator.to(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     @property
     def predicts_error(self) -> bool:
         """Whether the generator has the error output (:mod:`medtrans.models`)."""

@@ -88,6 +88,14 @@ def test_a_bundle_from_before_the_error_output_still_converts_with_its_spread_ma
     assert rec["kind"] == "predicted absolute error" and rec["calibrated"]  # tiny_run validates: calibrated
     bundle = json.loads((tiny_run / "bundle" / "bundle.json").read_text())
     assert bundle["error_calibration"]["cases"] == len(bundle["split"]["val"]) > 0
+    raw = tmp_path / "uncalibrated"  # a run without validation cases has no calibration, and says so
+    shutil.copytree(tiny_run / "bundle", raw)
+    meta = json.loads((raw / "bundle.json").read_text())
+    meta["error_calibration"] = None
+    (raw / "bundle.json").write_text(json.dumps(meta))
+    rec = convert_cohort(raw, prepared, tmp_path / "sct_raw", device="cpu", progress=False, uncertainty=True,
+                         cases=[new[0]["case"]])[0]["uncertainty"]
+    assert not rec["calibrated"] and "not calibrated" in rec["unit"]
 
 
 def test_a_run_saved_before_the_error_output_resumes(prepared, tmp_path):

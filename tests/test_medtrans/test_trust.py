@@ -114,8 +114,8 @@ def test_uncertainty_tracks_the_error_and_flags_another_region(head_model, tmp_p
     unc = sitk.ReadImage(str(unc_file))
     assert unc.GetSize() == sitk.ReadImage(str(test_cohort / "h2" / "mr.nii.gz")).GetSize()
     in_dist = res["uncertainty"]["mean_in_body_hu"]
-    # the map is the model's expected |error| (no validation cases in this run: not calibrated, and it says so)
-    assert res["uncertainty"]["kind"] == "predicted absolute error" and not res["uncertainty"]["calibrated"]
+    # the map is the model's expected |error|, calibrated on the run's validation case (prepare keeps one of three)
+    assert res["uncertainty"]["kind"] == "predicted absolute error" and res["uncertainty"]["calibrated"]
     assert res["uncertainty"]["predicted_mae_hu"] == in_dist
     summary = evaluate(tmp_path / "sct", test_cohort, tmp_path / "eval", progress=False)
     assert summary["metrics"]["pred_mae"]["mean"] == pytest.approx(in_dist)
