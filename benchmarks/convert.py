@@ -7,7 +7,10 @@ process (start-up, imports and model load included). Weights are random (speed d
 ``--clinical`` converts a 512x512x300 MR at 0.5x0.5x1.0 mm with a bundle whose working spacing is 1 mm (what prepare
 chooses for such a cohort: the 1 mm floor) and reports the whole command's peak resident memory.
 
-Usage: python benchmarks/convert.py [--quick | --clinical] [--device cpu|cuda]
+``--uncertainty`` also runs ``medtrans convert --uncertainty`` as a fresh process on the same case (two passes, the
+error map written) and prints its wall time and peak memory as a ratio to the plain command's.
+
+Usage: python benchmarks/convert.py [--quick | --clinical] [--uncertainty] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="256x256x40 instead of 256x256x200")
     ap.add_argument("--clinical", action="store_true", help="512x512x300 at 0.5x0.5x1 mm, model at 1 mm")
+    ap.add_argument("--uncertainty", action="store_true", help="also time convert --uncertainty (fresh process)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--config", default=None, help="model config (default: the default config)")
     a = ap.parse_args()
@@ -98,6 +102,13 @@ def main() -> None:
     print("where convert's time goes: " + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
     print(f"`medtrans convert` as a fresh process: {t_cli:.2f} s wall, of which the case {cli_case:.2f} s; "
           f"start-up, imports, model load and first-call warm-up {t_cli - cli_case:.2f} s; peak RSS {gib_cli:.2f} GiB")
+
+    if a.uncertainty:
+        t_unc, gib_unc, _ = run_measured([sys.executable, "-m", "medtrans", "convert", "--model", str(tmp / "bundle"),
+                                          "--input", str(tmp / "in"), "--out", str(tmp / "unc"), "--device",
+                                          str(dev), "--uncertainty"])
+        print(f"`medtrans convert --uncertainty` as a fresh process: {t_unc:.2f} s wall ({t_unc / t_cli:.2f}x the "
+              f"plain command), peak RSS {gib_unc:.2f} GiB ({gib_unc / gib_cli:.2f}x)")
 
 
 if __name__ == "__main__":

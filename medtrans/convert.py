@@ -204,8 +204,8 @@ def _write_outputs(out_dir: Path, job: ConvertJob, vol: Volume, sct: sitk.Image,
     values = values[foreground] if foreground.any() else values.ravel()
     record = {"output": UNCERTAINTY_OUTPUTS[job.fmt], "mean_in_body_hu": float(values.mean()),
               "p95_in_body_hu": float(np.percentile(values, 95)), "models": len(job.model.members)}
-    if all(m.predicts_error for m in job.model.members):
-        calibrated = all(m.error_calibration for m in job.model.members)
+    if job.model.predicts_error:
+        calibrated = job.model.calibrated
         # the map predicts |sCT - CT| per voxel: its mean over the body predicts the case's MAE
         record.update(kind="predicted absolute error", calibrated=calibrated, passes_per_model=len(ERROR_PASSES),
                       unit="HU (expected |sCT - CT|" + (", calibrated on held-out cases)" if calibrated else

@@ -21,7 +21,7 @@ from medtrans.calibration import apply_calibration
 from medtrans.config import ModelConfig
 from medtrans.errors import MedtransError
 from medtrans.geometry import array_from_canonical, resample_onto, to_canonical, working_grid
-from medtrans.intensity import AIR_HU, CT_RANGE, MRNormalization, denormalize_ct, normalize_mr
+from medtrans.intensity import AIR_HU, CT_HU_PER_UNIT, MRNormalization, denormalize_ct, normalize_mr
 from medtrans.models import Generator
 from medtrans.modes import Mode, mode_of
 
@@ -53,8 +53,6 @@ UNCERTAINTY_PASSES: tuple[tuple[bool, float, int], ...] = (
     (False, 1.0, 0), (True, 1.0, 0), (False, 0.9, 0), (False, 1.1, 0), (False, 1.0, 1), (True, 1.0, -1))
 #: Passes of a model with an error output: as is and mirrored (what ``--tta`` costs), their mean is the sCT.
 ERROR_PASSES: tuple[tuple[bool, float, int], ...] = ((False, 1.0, 0), (True, 1.0, 0))
-#: HU per unit of the normalized CT scale (the error output is in those units).
-HU_PER_UNIT = (CT_RANGE[1] - CT_RANGE[0]) / 2.0
 
 
 def mean_and_spread(samples: list[sitk.Image]) -> tuple[sitk.Image, sitk.Image]:
@@ -127,41 +125,32 @@ class Predictor:
         The normalized MR is resampled (linear) to the working spacing the model was trained at, predicted there,
         and the sCT is resampled (linear) back onto the MR's own grid.
         """
-        return self.predict_passes(mr, ((False, 1.0, 0),), normalized=normalized, timings=timings)[0][0]
+        return self.predict_passes(mr, ((False, 1.0, 0),), normalized=normalized, timings=timings)[0]
 
     def predict_with_error(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None,
                            timings: dict[str, float] | None = None) -> tuple[sitk.Image, sitk.Image]:
         """The sCT (mean of :data:`ERROR_PASSES`) and its expected absolute error (HU), both on the MR's grid.
 
         The error is the root of the mean square of the passes' predicted errors plus their variance, through the
-        bundle's calibration when it has one (:mod:`medtrans.calibration`).
+        bundle's calibration when it has one (:mod:`medtrans.calibration`). Both are combined on the model's working
+        grid and only the two results are resampled onto the MR's grid: at 0.5 mm the MR grid has 4x the voxels.
         """
-        passes = self.predict_passes(mr, ERROR_PASSES, normalized=normalized, timings=timings)
+        (work, grid), preds = self._model_grid_passes(mr, ERROR_PASSES, normalized=normalized, timings=timings)
         with Stopwatch(timings)("combine"):
-            scts = np.stack([sitk.GetArrayViewFromImage(s) for s, _ in passes]).astype(np.float32)
-            errs = np.stack([sitk.GetArrayViewFromImage(e) for _, e in passes]).astype(np.float32)
+            scts = np.stack([denormalize_ct(p[0]) for p in preds])
+            errs = np.stack([np.exp(p[1]) * np.float32(CT_HU_PER_UNIT) for p in preds])
             sct = scts.mean(axis=0)
             raw = np.sqrt(np.mean(errs**2, axis=0) + scts.var(axis=0))
             error = apply_calibration(raw, sct, self.error_calibration)
-            images = [sitk.GetImageFromArray(a) for a in (sct, error)]
-        for img in images:
-            img.CopyInformation(passes[0][0])
-        return images[0], images[1]
+            del scts, errs, raw
+        with Stopwatch(timings)("to_mr_grid"):
+            return (self._on_mr_grid(sct, work, grid, mr, AIR_HU), self._on_mr_grid(error, work, grid, mr, 0.0))
 
-    def predict_passes(self, mr: sitk.Image, passes: tuple[tuple[bool, float, int], ...] = UNCERTAINTY_PASSES,
-                       *, normalized: tuple[sitk.Image, dict] | None = None,
-                       timings: dict[str, float] | None = None) -> list[tuple[sitk.Image, sitk.Image | None]]:
-        """One sCT (HU, on the MR's grid) per test-time pass ``(left-right flip, intensity gain, shift)``, with the
-        model's predicted absolute error (HU, uncalibrated; None for a model without that output).
-
-        The gain scales the normalized MR about its background value, as if the normalization's high percentile
-        had come out that much lower or higher; the shift moves the slices by whole pixels (undone on the
-        output). The spread of the passes is the model's sensitivity to such plausible changes of its input (the
-        uncertainty map, see docs/trust.md). ``normalized`` is ``normalize_mr(mr, self.mr_normalization)`` when the
-        caller already has it (it is the costly part with N4). ``timings`` (seconds) accumulates ``to_model_grid``
-        (resampling to the working spacing, reorienting), ``network`` (host-to-device copies included) and
-        ``to_mr_grid`` (back to HU on the MR's grid).
-        """
+    def _model_grid_passes(self, mr: sitk.Image, passes: tuple[tuple[bool, float, int], ...], *,
+                           normalized: tuple[sitk.Image, dict] | None, timings: dict[str, float] | None,
+                           ) -> tuple[tuple[sitk.Image, sitk.Image | None], list[np.ndarray]]:
+        """The network's outputs (C, Z, H, W; canonical, on the working grid, flips and shifts undone) per pass, with
+        the working image and grid they lie on (see :meth:`predict_passes`)."""
         clock = Stopwatch(timings)
         mr_norm, stats = normalized if normalized is not None else normalize_mr(mr, self.mr_normalization)
         background = stats["background"]
@@ -176,14 +165,26 @@ class Predictor:
                 x = x[..., ::-1] if flip else x
                 x = np.roll(x, (shift, shift), axis=(1, 2)) if shift else x
                 pred = self.predict_outputs(np.ascontiguousarray(x), background)
-            with clock("to_mr_grid"):
                 pred = np.roll(pred, (-shift, -shift), axis=(2, 3)) if shift else pred
-                pred = pred[..., ::-1] if flip else pred
-                hu = self._on_mr_grid(denormalize_ct(np.ascontiguousarray(pred[0])), work, grid, mr, AIR_HU)
-                err = self._on_mr_grid(np.exp(pred[1]) * np.float32(HU_PER_UNIT), work, grid, mr, 0.0) \
-                    if pred.shape[0] > 1 else None
-            outputs.append((hu, err))
-        return outputs
+                outputs.append(np.ascontiguousarray(pred[..., ::-1] if flip else pred))
+        return (work, grid), outputs
+
+    def predict_passes(self, mr: sitk.Image, passes: tuple[tuple[bool, float, int], ...] = UNCERTAINTY_PASSES,
+                       *, normalized: tuple[sitk.Image, dict] | None = None,
+                       timings: dict[str, float] | None = None) -> list[sitk.Image]:
+        """One sCT (HU, on the MR's grid) per test-time pass ``(left-right flip, intensity gain, shift)``.
+
+        The gain scales the normalized MR about its background value, as if the normalization's high percentile
+        had come out that much lower or higher; the shift moves the slices by whole pixels (undone on the
+        output). The spread of the passes is the model's sensitivity to such plausible changes of its input (the
+        uncertainty map of models without the error output, see docs/trust.md). ``normalized`` is
+        ``normalize_mr(mr, self.mr_normalization)`` when the caller already has it (it is the costly part with N4).
+        ``timings`` (seconds) accumulates ``to_model_grid`` (resampling to the working spacing, reorienting),
+        ``network`` (host-to-device copies included) and ``to_mr_grid`` (back to HU on the MR's grid).
+        """
+        (work, grid), preds = self._model_grid_passes(mr, passes, normalized=normalized, timings=timings)
+        with Stopwatch(timings)("to_mr_grid"):
+            return [self._on_mr_grid(denormalize_ct(p[0]), work, grid, mr, AIR_HU) for p in preds]
 
     @staticmethod
     def _on_mr_grid(canonical: np.ndarray, work: sitk.Image, grid: sitk.Image | None, mr: sitk.Image,
@@ -249,14 +250,23 @@ class FusedPredictor:
     def device(self) -> torch.device:
         return self.members[0].device
 
+    @property
+    def predicts_error(self) -> bool:
+        """Whether ``uncertainty`` gives the expected absolute error (every member has the error output)."""
+        return all(p.predicts_error for p in self.members)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether every member's error output is calibrated on held-out cases."""
+        return self.predicts_error and all(p.error_calibration for p in self.members)
+
     def predict(self, mr: sitk.Image, *, normalized: tuple[sitk.Image, dict] | None = None, uncertainty: bool = False,
                 timings: dict[str, float] | None = None) -> tuple[sitk.Image, sitk.Image | None]:
         """The sCT (HU, float32, on the MR's grid) and, for several members or with ``uncertainty``, the map."""
-        if uncertainty and all(p.predicts_error for p in self.members):
+        if uncertainty and self.predicts_error:
             return self._with_error(mr, normalized=normalized, timings=timings)
         if uncertainty:
-            samples = [s for p in self.members
-                       for s, _ in p.predict_passes(mr, normalized=normalized, timings=timings)]
+            samples = [s for p in self.members for s in p.predict_passes(mr, normalized=normalized, timings=timings)]
         elif len(self.members) > 1:
             samples = [p.predict_image(mr, normalized=normalized, timings=timings) for p in self.members]
         else:

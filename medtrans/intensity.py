@@ -24,6 +24,8 @@ import SimpleITK as sitk
 #: The HU range the CT is normalized over (the SynthRAD2023 PSNR range); its low end is air.
 CT_RANGE = (-1024.0, 3000.0)
 AIR_HU = CT_RANGE[0]
+#: HU per unit of the normalized CT scale (what the error output's Laplace scale is measured in, too).
+CT_HU_PER_UNIT = (CT_RANGE[1] - CT_RANGE[0]) / 2.0
 #: Normalized value of air / background in CT space.
 CT_BACKGROUND = -1.0
 #: Normalized value of zero MR signal under percentile normalization (z-score's is -mean/std, recorded per case).
@@ -38,8 +40,7 @@ def normalize_ct(hu: np.ndarray) -> np.ndarray:
 
 def denormalize_ct(x: np.ndarray) -> np.ndarray:
     """[-1, 1] -> HU, the inverse of :func:`normalize_ct` inside the range."""
-    lo, hi = CT_RANGE
-    return (np.asarray(x, np.float32) + np.float32(1.0)) * np.float32((hi - lo) / 2.0) + np.float32(lo)
+    return (np.asarray(x, np.float32) + np.float32(1.0)) * np.float32(CT_HU_PER_UNIT) + np.float32(CT_RANGE[0])
 
 
 @dataclass(frozen=True)

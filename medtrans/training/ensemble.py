@@ -2,7 +2,7 @@
 
 Members differ in seed (weights and data order), with ``planes`` in slice plane (tri-planar 2.5D:
 ``["axial", "coronal", "sagittal"]``), and with ``folds`` in the cases they learn from: K-fold cross-validation over
-the patients of the prepared dataset (nnU-Net style: every case not excluded by prepare's QA, whatever its split,
+the cases of the prepared dataset (nnU-Net style: every case not excluded by prepare's QA, whatever its split,
 falls in one fold; fold ``i`` validates on its own cases and trains on the rest), after which each fold's model
 converts its own held-out cases into ``RUN/oof/`` (out-of-fold sCTs: ``evaluate --pred RUN/oof --ref PREP --split
 all`` scores the whole cohort). Each member is a complete run folder ``RUN/<member>/`` and ``RUN/ensemble.json``
