@@ -15,7 +15,11 @@ grid (pseudo_pairs' ``--truth``, inside the true body mask) it reports:
 
 THE MR IS SIMULATED: these figures are not results on real paired data.
 
-Usage: python benchmarks/trust.py [--minutes 4] [--sims 3] [--val-offset 1] [--out DIR] [--set key=value ...]
+``--steps N`` trains each fold N steps instead of ``--minutes`` (the same model whatever else the machine runs: the
+figures then do not depend on its load; the cost ratio still does). ``--folds-only 1`` runs only those folds.
+
+Usage: python benchmarks/trust.py [--minutes 4 | --steps N] [--sims 3] [--val-offset 1] [--folds-only I ...]
+       [--out DIR] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -63,28 +67,36 @@ def score_case(case: str, sct_dir: Path, truth: Path) -> dict:
             "voxel_spearman": float(spearmanr(u, err).statistic), "samples": (u, err)}
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=4.0, help="training budget per fold")
+    budget = ap.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=4.0, help="training budget per fold (wall minutes)")
+    budget.add_argument("--steps", type=int, default=None, help="training budget per fold (steps; load-independent)")
     ap.add_argument("--sims", type=int, default=3, help="simulated MRs per patient")
     ap.add_argument("--set", action="append", default=[], help="config override section.key=value")
     ap.add_argument("--val-offset", type=int, default=1, help="fold i validates on patient i + this")
+    ap.add_argument("--folds-only", type=int, nargs="+", default=None, help="run only these folds (0-based)")
     ap.add_argument("--out", type=Path, default=None)
-    a = ap.parse_args()
-    if len(available_patients()) < 3:
-        raise SystemExit("needs ../shared (three real CTs at least and tools/pseudo_pairs.py) beside the checkout")
-    out = a.out or Path(tempfile.mkdtemp(prefix="medtrans_trust_"))
+    return ap.parse_args()
+
+
+def run_folds(a: argparse.Namespace, out: Path) -> tuple[list[dict], float]:
+    """Train (or reuse) each fold's model, convert its held-out cases with and without the map, score them. Returns
+    the scored cases and the cost ratio of convert with the map over plain convert."""
     cohort, truth = out / "cohort", out / "truth"
     patients = pseudo_cohort(cohort, truth, a.sims)
     cfg = load_config(None, overrides=a.set)
     manifest = prepare_cohort(cohort, out / "prep", cfg, workers=0, progress=False)
     names = [c for part in ("train", "val", "test") for c in manifest["split"][part]]  # not those QA excluded
     rows, t_plain, t_unc = [], 0.0, 0.0
-    run_cfg = load_config(None, base=cfg.to_dict(), overrides=["train.max_steps=1000000"])
+    run_cfg = load_config(None, base=cfg.to_dict(), overrides=[f"train.max_steps={a.steps or 1000000}"])
     for i, split in enumerate(folds(patients, names, a.val_offset)):
+        if a.folds_only is not None and i not in a.folds_only:
+            continue
         run = out / f"fold{i}"
         if not (run / "bundle" / "bundle.json").is_file():
-            Trainer(out / "prep", run, run_cfg, max_minutes=a.minutes, device="cpu", split=split).run()
+            Trainer(out / "prep", run, run_cfg, max_minutes=None if a.steps else a.minutes, device="cpu",
+                    split=split).run()
         t = time.perf_counter()
         convert_cohort(run, cohort, out / f"plain{i}", device="cpu", progress=False, cases=split["test"],
                        overwrite=True)
@@ -95,21 +107,31 @@ def main() -> None:
         t_unc += time.perf_counter() - t
         assert all(r["status"] == "ok" for r in res), res
         rows += [score_case(c, out / "sct", truth) for c in split["test"]]
+    return rows, t_unc / t_plain
+
+
+def main() -> None:
+    a = arguments()
+    if len(available_patients()) < 3:
+        raise SystemExit("needs ../shared (three real CTs at least and tools/pseudo_pairs.py) beside the checkout")
+    out = a.out or Path(tempfile.mkdtemp(prefix="medtrans_trust_"))
+    rows, cost = run_folds(a, out)
     pooled_u = np.concatenate([r["samples"][0] for r in rows])
     pooled_e = np.concatenate([r["samples"][1] for r in rows])
     cal, deciles = calibration_error(pooled_u, pooled_e)
     case_rho = float(spearmanr([r["predicted_mae"] for r in rows], [r["mae"] for r in rows]).statistic)
     voxel = [r["voxel_spearman"] for r in rows]
     record = {"what": "pseudo-pairs (real CT, SIMULATED MR), leave-one-patient-out; not real paired data",
-              "cases": len(rows), "minutes_per_fold": a.minutes, "overrides": a.set, "val_offset": a.val_offset,
+              "cases": len(rows), "minutes_per_fold": None if a.steps else a.minutes, "steps_per_fold": a.steps,
+              "overrides": a.set, "val_offset": a.val_offset, "folds_only": a.folds_only,
               "voxel_spearman": {"median": float(np.median(voxel)), "min": float(min(voxel)),
                                  "max": float(max(voxel))},
               "calibration_error": cal, "deciles_predicted_measured": deciles, "case_spearman": case_rho,
-              "cost_uncertainty_over_plain": t_unc / t_plain,
+              "cost_uncertainty_over_plain": cost,
               "per_case": [{k: v for k, v in r.items() if k != "samples"} for r in rows]}
     write_json(out / "trust.json", record)
-    print(f"{len(rows)} held-out cases ({len(patients)} patients x {a.sims} simulated MRs), "
-          f"{a.minutes:g} min per fold on the CPU")
+    print(f"{len(rows)} held-out cases ({len(rows) // a.sims} patients x {a.sims} simulated MRs), "
+          + (f"{a.steps} steps" if a.steps else f"{a.minutes:g} min") + " per fold on the CPU")
     print(f"voxel Spearman(|error|, map): median {np.median(voxel):.3f} (range {min(voxel):.3f}-{max(voxel):.3f})")
     print(f"calibration error (deciles, pooled): {cal:.3f}")
     for p, m in deciles:
@@ -118,7 +140,7 @@ def main() -> None:
     for r in rows:
         print(f"  {r['case']:<18} predicted {r['predicted_mae']:6.1f}  measured {r['mae']:6.1f}  "
               f"voxel rho {r['voxel_spearman']:.3f}")
-    print(f"convert --uncertainty / plain convert: {t_unc / t_plain:.2f}x")
+    print(f"convert --uncertainty / plain convert: {cost:.2f}x")
     print(f"record: {out / 'trust.json'}")
 
 

@@ -48,8 +48,8 @@ def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[
     Args:
         pred: convert's output folder.
         ref: a cohort or a prepared dataset.
-        split: for a prepared dataset, which cases to score (``test``, ``val``, ``train`` or ``all``; default
-            ``test``). A plain cohort has no splits: every case is scored and the split is ``None``.
+        split: for a prepared dataset, which cases to score (``test``, ``val``, ``train`` or ``all`` of them —
+            not prepare's QA-excluded cases, which are in no split; default ``test``). A plain cohort has no splits: every case is scored and the split is ``None``.
     """
     if not ref.is_dir():
         raise InputError("reference cohort folder does not exist", path=ref)
@@ -63,8 +63,8 @@ def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[
     for d in sorted(p for p in ref.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         name = case_name(d.name)
         case_split = splits.get(name) if splits is not None else None
-        if splits is not None and wanted != "all" and case_split != wanted:
-            continue
+        if splits is not None and (case_split is None or wanted not in ("all", case_split)):
+            continue  # "all" is every case of the splits: prepare's QA-excluded cases are in none
         try:
             ct = find_role_file(d, *CT_NAMES)
             if ct is None:

@@ -213,7 +213,7 @@ def evaluate(
     ref: Annotated[Path, typer.Option(help="Prepared dataset (PREP), or a cohort with <case>/ct.* and mask.*.")],
     out: Annotated[Path, typer.Option(help="Evaluation folder.")],
     protocol: Annotated[Protocol, typer.Option(help="Metric definitions.")] = Protocol.synthrad2023,
-    split: Annotated[Optional[Split], typer.Option(help="With a prepared dataset: which split to score (default test).")] = None,  # noqa: UP045
+    split: Annotated[Optional[Split], typer.Option(help="With a prepared dataset: which split to score (default test; all: train, val and test, not the cases prepare excluded).")] = None,  # noqa: UP045
     resample: Annotated[bool, typer.Option(help="Resample sCT and mask onto the CT grid instead of failing.")] = False,
     allow_nonempty_out: NonEmptyOpt = False,
     dose: Annotated[Optional[str], typer.Option(help="Also plan on the CT and recompute on the sCT: photon, proton or photon,proton (needs the extra medtrans[dose]).")] = None,  # noqa: UP045

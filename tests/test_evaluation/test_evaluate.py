@@ -33,3 +33,19 @@ def test_the_trust_summary_says_how_well_the_maps_predict_the_error():
     assert good["case_spearman"] == 1.0 and good["cases"] == 4
     assert good["case_mean_predicted_over_measured"] == pytest.approx(255 / 310)
     assert trust_summary(rows[:2], [])["case_spearman"] is None  # under three cases: no correlation
+
+
+def test_split_all_is_the_cases_of_the_splits_not_those_prepare_excluded(prepared, tmp_path):
+    import json
+    import shutil
+
+    from medtrans.evaluation.evaluate import pair_cases
+
+    ref = tmp_path / "prep"
+    shutil.copytree(prepared, ref)
+    manifest = json.loads((ref / "manifest.json").read_text())
+    excluded = manifest["split"]["train"].pop(0)  # as prepare leaves a case its registration QA excluded
+    (ref / "manifest.json").write_text(json.dumps(manifest))
+    scored = {p["case"] for p in pair_cases(tmp_path / "sct", ref, split="all")}
+    in_splits = {c for cases in manifest["split"].values() for c in cases}
+    assert scored == in_splits and excluded not in scored and (ref / excluded).is_dir()
