@@ -11,6 +11,7 @@ grid (pseudo_pairs' ``--truth``, inside the true body mask) it reports:
 * the calibration error: mean over deciles of the map (pooled over all cases) of |mean map - mean |error|| / mean
   |error| — 0 when the map says what the error is;
 * case level: Spearman(predicted case MAE from sct.json, measured MAE) over all held-out cases;
+* per case, in true bone (> 300 HU) and soft tissue (-100 to 100 HU): mean |error| and mean map;
 * the cost: convert with ``--uncertainty`` over convert without, same model, same run.
 
 THE MR IS SIMULATED: these figures are not results on real paired data.
@@ -19,7 +20,7 @@ THE MR IS SIMULATED: these figures are not results on real paired data.
 figures then do not depend on its load; the cost ratio still does). ``--folds-only 1`` runs only those folds.
 
 Usage: python benchmarks/trust.py [--minutes 4 | --steps N] [--sims 3] [--val-offset 1] [--folds-only I ...]
-       [--out DIR] [--set key=value ...]
+       [--device cpu|cuda] [--out DIR] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -61,10 +62,13 @@ def score_case(case: str, sct_dir: Path, truth: Path) -> dict:
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(truth / case / "mask_on_mr_grid.nii.gz"))) > 0
     sct = sitk.GetArrayFromImage(sitk.ReadImage(str(sct_dir / case / "sct.nii.gz"))).astype(np.float32)
     unc = sitk.GetArrayFromImage(sitk.ReadImage(str(sct_dir / case / "sct_uncertainty.nii.gz")))
-    err, u = np.abs(sct - gt)[mask], unc[mask]
+    err, u, hu = np.abs(sct - gt)[mask], unc[mask], gt[mask]
     record = json.loads((sct_dir / case / "sct.json").read_text())
+    bands = {"bone": hu > 300, "soft": (hu > -100) & (hu < 100)}  # true tissue: does the map see where bone errs?
     return {"case": case, "mae": float(err.mean()), "predicted_mae": record["uncertainty"]["predicted_mae_hu"],
-            "voxel_spearman": float(spearmanr(u, err).statistic), "samples": (u, err)}
+            "voxel_spearman": float(spearmanr(u, err).statistic), "samples": (u, err),
+            **{f"{k}_{what}": float(v[b].mean()) if b.any() else None
+               for k, b in bands.items() for what, v in (("error", err), ("map", u))}}
 
 
 def arguments() -> argparse.Namespace:
@@ -76,6 +80,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], help="config override section.key=value")
     ap.add_argument("--val-offset", type=int, default=1, help="fold i validates on patient i + this")
     ap.add_argument("--folds-only", type=int, nargs="+", default=None, help="run only these folds (0-based)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (training and conversion)")
     ap.add_argument("--out", type=Path, default=None)
     return ap.parse_args()
 
@@ -95,14 +100,14 @@ def run_folds(a: argparse.Namespace, out: Path) -> tuple[list[dict], float]:
             continue
         run = out / f"fold{i}"
         if not (run / "bundle" / "bundle.json").is_file():
-            Trainer(out / "prep", run, run_cfg, max_minutes=None if a.steps else a.minutes, device="cpu",
+            Trainer(out / "prep", run, run_cfg, max_minutes=None if a.steps else a.minutes, device=a.device,
                     split=split).run()
         t = time.perf_counter()
-        convert_cohort(run, cohort, out / f"plain{i}", device="cpu", progress=False, cases=split["test"],
+        convert_cohort(run, cohort, out / f"plain{i}", device=a.device, progress=False, cases=split["test"],
                        overwrite=True)
         t_plain += time.perf_counter() - t
         t = time.perf_counter()
-        res = convert_cohort(run, cohort, out / "sct", device="cpu", progress=False, cases=split["test"],
+        res = convert_cohort(run, cohort, out / "sct", device=a.device, progress=False, cases=split["test"],
                              uncertainty=True, overwrite=True)
         t_unc += time.perf_counter() - t
         assert all(r["status"] == "ok" for r in res), res
@@ -131,15 +136,17 @@ def main() -> None:
               "per_case": [{k: v for k, v in r.items() if k != "samples"} for r in rows]}
     write_json(out / "trust.json", record)
     print(f"{len(rows)} held-out cases ({len(rows) // a.sims} patients x {a.sims} simulated MRs), "
-          + (f"{a.steps} steps" if a.steps else f"{a.minutes:g} min") + " per fold on the CPU")
+          + (f"{a.steps} steps" if a.steps else f"{a.minutes:g} min") + f" per fold ({a.device})")
     print(f"voxel Spearman(|error|, map): median {np.median(voxel):.3f} (range {min(voxel):.3f}-{max(voxel):.3f})")
     print(f"calibration error (deciles, pooled): {cal:.3f}")
     for p, m in deciles:
         print(f"  map {p:7.1f} HU -> measured {m:7.1f} HU")
     print(f"case level: Spearman(predicted MAE, measured MAE) {case_rho:.3f}")
     for r in rows:
+        bone = f"{r['bone_error']:4.0f} -> {r['bone_map']:4.0f}" if r["bone_error"] is not None else "     -"
         print(f"  {r['case']:<18} predicted {r['predicted_mae']:6.1f}  measured {r['mae']:6.1f}  "
-              f"voxel rho {r['voxel_spearman']:.3f}")
+              f"voxel rho {r['voxel_spearman']:.3f}  true bone / soft tissue, error -> map (HU): {bone} / "
+              f"{r['soft_error']:3.0f} -> {r['soft_map']:3.0f}")
     print(f"convert --uncertainty / plain convert: {cost:.2f}x")
     print(f"record: {out / 'trust.json'}")
 
