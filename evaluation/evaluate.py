@@ -49,7 +49,8 @@ def pair_cases(pred: Path, ref: Path, *, split: str | None = None) -> list[dict[
         pred: convert's output folder.
         ref: a cohort or a prepared dataset.
         split: for a prepared dataset, which cases to score (``test``, ``val``, ``train`` or ``all`` of them —
-            not prepare's QA-excluded cases, which are in no split; default ``test``). A plain cohort has no splits: every case is scored and the split is ``None``.
+            not prepare's QA-excluded cases, which are in no split; default ``test``). A plain cohort has no
+            splits: every case is scored and the split is ``None``.
     """
     if not ref.is_dir():
         raise InputError("reference cohort folder does not exist", path=ref)
